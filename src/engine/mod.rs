@@ -1,0 +1,20 @@
+//! Continuous batching: requests, scheduler, paged KV block management, sampling and the engine
+//! thread. No gRPC here, and no tensor code beyond calling the model's batched forward.
+
+pub mod block_manager;
+pub mod block_pool;
+pub mod core;
+pub mod detokenizer;
+pub mod handle;
+pub mod request;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stats;
+
+pub use self::core::{EngineConfig, EngineCore};
+pub use handle::{EngineHandle, RequestStream, SubmitError};
+pub use request::{
+    EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
+    SamplingParams, TokenEvent, Usage,
+};

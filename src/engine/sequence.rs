@@ -1,0 +1,189 @@
+//! One request's state inside the engine, from admission to its last event.
+
+use super::block_manager::SeqId;
+use super::detokenizer::Detokenizer;
+use super::request::{
+    EngineEvent, Finished, FinishReason, GenerateRequest, ProbeResult, ProbeTrigger,
+    SamplingParams, Timings, TokenEvent, Usage,
+};
+use super::sampler::{self, LogSoftmax};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub struct Sequence {
+    pub id: SeqId,
+    /// Prompt followed by everything generated so far.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading tokens whose K/V are in the cache. Reset to 0 (or the cached prefix) on preemption.
+    pub num_computed: usize,
+    pub params: SamplingParams,
+    stop_ids: Vec<u32>,
+    rng: StdRng,
+    detokenizer: Detokenizer,
+    events: UnboundedSender<EngineEvent>,
+    pub arrival: Instant,
+    pub first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    pub preemptions: u32,
+    pub cached_tokens: usize,
+}
+
+/// What happened when a sequence received its next token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl Sequence {
+    pub fn new(
+        id: SeqId,
+        request: GenerateRequest,
+        eos_ids: &[u32],
+        default_seed: u64,
+        events: UnboundedSender<EngineEvent>,
+    ) -> Self {
+        let params = request.sampling;
+        let mut stop_ids = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend_from_slice(eos_ids);
+        }
+        Self {
+            id,
+            prompt_len: request.prompt_tokens.len(),
+            tokens: request.prompt_tokens,
+            num_computed: 0,
+            rng: StdRng::seed_from_u64(params.seed.unwrap_or(default_seed)),
+            detokenizer: Detokenizer::new(params.stop_strings.clone()),
+            params,
+            stop_ids,
+            events,
+            arrival: Instant::now(),
+            first_scheduled: None,
+            first_token: None,
+            preemptions: 0,
+            cached_tokens: 0,
+        }
+    }
+
+    pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens still to run through the model before the next token can be sampled.
+    pub fn num_uncomputed(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+
+    pub fn is_decoding(&self) -> bool {
+        self.num_computed >= self.prompt_len && self.num_uncomputed() == 1
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Picks the next token from its logits row, reports it, and says whether generation is over.
+    pub fn accept_logits(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+        max_model_len: usize,
+    ) -> Progress {
+        let step = self.num_generated();
+        let wants_logprobs = self.params.logprobs || !self.params.probes.is_empty();
+        let norm = wants_logprobs.then(|| LogSoftmax::new(logits));
+        let probes = match &norm {
+            Some(norm) => self.probe(norm, logits, step),
+            None => Vec::new(),
+        };
+        let token = sampler::sample(logits, &self.params, &mut self.rng);
+        let logprob = match (&norm, self.params.logprobs) {
+            (Some(norm), true) => Some(norm.logprob(logits, token)),
+            _ => None,
+        };
+        self.tokens.push(token);
+        self.first_token.get_or_insert_with(Instant::now);
+
+        let is_stop_id = self.stop_ids.contains(&token);
+        let pushed = if is_stop_id {
+            Default::default()
+        } else {
+            self.detokenizer.push(tokenizer, token)
+        };
+        let _ = self.events.send(EngineEvent::Token(TokenEvent {
+            token_id: token,
+            text: pushed.delta,
+            logprob,
+            probes,
+        }));
+        if is_stop_id || pushed.stopped {
+            Progress::Finished(FinishReason::Stop)
+        } else if self.num_generated() >= self.params.max_new_tokens
+            || self.tokens.len() >= max_model_len
+        {
+            Progress::Finished(FinishReason::Length)
+        } else {
+            Progress::Continue
+        }
+    }
+
+    fn probe(&self, norm: &LogSoftmax, logits: &[f32], step: usize) -> Vec<ProbeResult> {
+        let text = self.detokenizer.text();
+        self.params
+            .probes
+            .iter()
+            .filter(|p| match &p.at {
+                ProbeTrigger::Step(n) => *n == step,
+                ProbeTrigger::AfterText(s) => text.ends_with(s.as_str()),
+                ProbeTrigger::EveryStep => true,
+            })
+            .map(|p| ProbeResult {
+                step,
+                logprobs: p
+                    .token_ids
+                    .iter()
+                    .map(|&t| (t, norm.logprob(logits, t)))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Sends the final event.
+    pub fn finish(&mut self, reason: FinishReason) {
+        // Text held back for a possible stop string turned out not to be one: it belongs to the output.
+        let final_delta = self.detokenizer.flush();
+        let now = Instant::now();
+        let _ = self.events.send(EngineEvent::Finished(Finished {
+            reason,
+            final_delta,
+            text: self.detokenizer.text().to_string(),
+            token_ids: self.tokens[self.prompt_len..].to_vec(),
+            usage: Usage {
+                prompt_tokens: self.prompt_len,
+                completion_tokens: self.num_generated(),
+                cached_tokens: self.cached_tokens,
+            },
+            timings: Timings {
+                queue: self
+                    .first_scheduled
+                    .map(|t| t - self.arrival)
+                    .unwrap_or_default(),
+                time_to_first_token: self
+                    .first_token
+                    .map(|t| t - self.arrival)
+                    .unwrap_or_default(),
+                total: now - self.arrival,
+                preemptions: self.preemptions,
+            },
+        }));
+    }
+
+    pub fn fail(&self, message: String) {
+        let _ = self.events.send(EngineEvent::Error(message));
+    }
+}

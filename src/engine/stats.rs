@@ -1,0 +1,60 @@
+//! Counters and gauges the engine keeps about itself, readable from any thread without locks.
+//! The metrics exporter and benchmarks read these; the engine thread is the only writer.
+
+use super::request::FinishReason;
+use super::scheduler::Schedule;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub steps: AtomicU64,
+    pub step_tokens: AtomicU64,
+    pub step_micros: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub prefix_query_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub finished_stop: AtomicU64,
+    pub finished_length: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    /// KV usage as parts per million of the pool.
+    pub kv_usage_ppm: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn record_schedule(&self, s: &Schedule) {
+        self.preemptions.fetch_add(s.preempted.len() as u64, Relaxed);
+        self.prefix_query_tokens.fetch_add(s.prefix_query_tokens as u64, Relaxed);
+        self.prefix_hit_tokens.fetch_add(s.prefix_hit_tokens as u64, Relaxed);
+    }
+
+    pub fn record_step(&self, tokens: usize, took: Duration) {
+        self.steps.fetch_add(1, Relaxed);
+        self.step_tokens.fetch_add(tokens as u64, Relaxed);
+        self.step_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn record_finish(&self, reason: FinishReason) {
+        match reason {
+            FinishReason::Stop => &self.finished_stop,
+            FinishReason::Length => &self.finished_length,
+            FinishReason::Cancelled => &self.cancelled,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn set_queue(&self, running: usize, waiting: usize) {
+        self.running.store(running as u64, Relaxed);
+        self.waiting.store(waiting as u64, Relaxed);
+    }
+
+    pub fn set_kv_usage(&self, fraction: f64) {
+        self.kv_usage_ppm.store((fraction * 1e6).round() as u64, Relaxed);
+    }
+
+    pub fn kv_usage(&self) -> f64 {
+        self.kv_usage_ppm.load(Relaxed) as f64 / 1e6
+    }
+}

@@ -1,0 +1,8 @@
+//! rmr1: serving and training RM-R1-style reasoning reward models on candle.
+//!
+//! Layers, each depending only on the ones below: `engine` (continuous batching, paged KV cache,
+//! sampling) over `model` (tensors: Qwen2 forward, weight loading, attention backends).
+
+pub mod bench;
+pub mod engine;
+pub mod model;

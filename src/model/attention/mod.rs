@@ -1,0 +1,82 @@
+//! Paged attention: the one seam between the device-agnostic forward and device-specific kernels.
+//!
+//! The forward hands each layer's rotated Q, K and V for a flat batch of tokens plus [`AttentionBatch`]
+//! (where every token's K/V goes and which cache blocks each sequence reads). A backend owns the KV
+//! cache storage for all layers, writes the new K/V into it and returns the attention output. The CPU
+//! backend is the reference; a CUDA backend implements the same trait with its own kernels, so the
+//! scheduler and the forward never change when the device does.
+
+pub mod cpu;
+
+use candle_core::{Result, Tensor};
+
+/// Index of a KV block in every layer's pool (block `b` of layer 0 and block `b` of layer 27 belong
+/// to the same tokens).
+pub type BlockId = u32;
+
+/// One sequence's share of the flat batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceSpan {
+    /// First row of this sequence's tokens in the flat batch.
+    pub query_start: usize,
+    /// Number of tokens of this sequence in the batch (a prefill chunk, or 1 for decode).
+    pub query_len: usize,
+    /// Tokens in the cache once this step's K/V are written: cached prefix plus `query_len`.
+    pub context_len: usize,
+    /// Blocks holding positions `0..context_len`, in order.
+    pub block_table: Vec<BlockId>,
+}
+
+/// Host-side description of one forward step, shared by every layer.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionBatch {
+    /// Cache slot (`block * block_size + offset`) for each token row of the batch.
+    pub slot_mapping: Vec<u32>,
+    pub sequences: Vec<SequenceSpan>,
+}
+
+impl AttentionBatch {
+    pub fn num_tokens(&self) -> usize {
+        self.slot_mapping.len()
+    }
+}
+
+/// Shape of the KV cache a backend must provide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl CacheShape {
+    pub fn slot_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+/// Writes K/V into the paged cache and computes causal grouped-query attention over it.
+pub trait PagedAttention: Send {
+    fn cache_shape(&self) -> CacheShape;
+
+    /// `q`: `[tokens, num_heads, head_dim]`, `k`/`v`: `[tokens, num_kv_heads, head_dim]`, all rotated
+    /// and contiguous. Writes k/v at `batch.slot_mapping`, then returns `[tokens, num_heads * head_dim]`
+    /// where each token attends to positions `0..=its own` of its sequence.
+    fn forward(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &AttentionBatch,
+    ) -> Result<Tensor>;
+
+    /// Copies whole blocks in every layer (copy-on-write when sequences sharing a block diverge).
+    fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<()>;
+
+    /// The K and V stored in one block of one layer, `[block_size, num_kv_heads, head_dim]` each, as f32.
+    /// For tests and debugging; not on the hot path.
+    fn read_block(&self, layer: usize, block: BlockId) -> Result<(Vec<f32>, Vec<f32>)>;
+}

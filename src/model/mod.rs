@@ -1,0 +1,15 @@
+//! Tensors: the Qwen2 architecture, weight loading and attention backends.
+
+pub mod attention;
+pub mod chat_template;
+pub mod config;
+pub mod loader;
+pub mod qwen2;
+pub mod rope;
+pub mod tokenizer;
+
+pub use attention::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
+pub use config::Qwen2Config;
+pub use loader::{load, LoadOptions, LoadedModel, ModelSource};
+pub use qwen2::{ForwardBatch, Qwen2, WeightFormat};
+pub use tokenizer::ModelTokenizer;

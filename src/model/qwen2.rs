@@ -1,0 +1,278 @@
+//! The batched Qwen2 forward: one call runs a flat batch of tokens from many sequences, each at its
+//! own positions (prefill chunks and decode tokens mixed), against the paged KV cache.
+//!
+//! Weights follow Hugging Face names (safetensors) or llama.cpp names (GGUF); both land in the same
+//! [`Qwen2`] struct, where every projection is a candle `QMatMul` (a dense tensor or k-quant blocks).
+
+use super::attention::{AttentionBatch, PagedAttention};
+use super::config::Qwen2Config;
+use super::rope::RopeTables;
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+/// `y = x Wᵀ (+ b)` over dense or quantized weights.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn dense(vb: &VarBuilder, out_dim: usize, in_dim: usize, with_bias: bool) -> Result<Self> {
+        let weight = QMatMul::Tensor(vb.get((out_dim, in_dim), "weight")?);
+        let bias = with_bias.then(|| vb.get(out_dim, "bias")).transpose()?;
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_norm: Tensor,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// Reads named tensors out of a GGUF file.
+struct GgufTensors<'a, R> {
+    ct: &'a gguf_file::Content,
+    reader: &'a mut R,
+    device: &'a Device,
+}
+
+impl<R: Read + Seek> GgufTensors<'_, R> {
+    fn quantized(&mut self, name: &str) -> Result<Arc<QTensor>> {
+        Ok(Arc::new(self.ct.tensor(self.reader, name, self.device)?))
+    }
+
+    /// Norm weights and biases are small: keep them dense f32.
+    fn dense(&mut self, name: &str) -> Result<Tensor> {
+        self.quantized(name)?
+            .dequantize(self.device)?
+            .to_dtype(DType::F32)
+    }
+
+    fn linear(&mut self, prefix: &str, name: &str, with_bias: bool) -> Result<Linear> {
+        let weight = QMatMul::from_arc(self.quantized(&format!("{prefix}.{name}.weight"))?)?;
+        let bias = with_bias
+            .then(|| self.dense(&format!("{prefix}.{name}.bias")))
+            .transpose()?;
+        Ok(Linear { weight, bias })
+    }
+}
+
+/// A flat batch for one forward step.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardBatch {
+    pub tokens: Vec<u32>,
+    /// Absolute position of each token in its sequence.
+    pub positions: Vec<u32>,
+    pub attention: AttentionBatch,
+    /// Rows whose logits are wanted (usually the last token of each sequence that samples).
+    pub logit_rows: Vec<u32>,
+}
+
+/// Describes the loaded weights for operators (`Models` listing, start-up log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightFormat {
+    Dense(DType),
+    Gguf(String),
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightFormat::Dense(dtype) => write!(f, "{dtype:?}"),
+            WeightFormat::Gguf(kind) => write!(f, "gguf {kind}"),
+        }
+    }
+}
+
+pub struct Qwen2 {
+    config: Qwen2Config,
+    embed_tokens: QMatMul,
+    layers: Vec<Layer>,
+    final_norm: Tensor,
+    lm_head: QMatMul,
+    rope: RopeTables,
+    /// Activation dtype: f32 on CPU, bf16/f16 on GPUs.
+    dtype: DType,
+    device: Device,
+    format: WeightFormat,
+}
+
+impl Qwen2 {
+    /// Builds the model from Hugging Face tensor names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+    pub fn from_var_builder(config: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let (q_dim, kv_dim) = (config.num_attention_heads * config.head_dim(), config.kv_dim());
+        let m = vb.pp("model");
+        let embed = m.pp("embed_tokens").get((config.vocab_size, h), "weight")?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for idx in 0..config.num_hidden_layers {
+            let l = m.pp("layers").pp(idx);
+            let attn = l.pp("self_attn");
+            let mlp = l.pp("mlp");
+            layers.push(Layer {
+                input_norm: l.pp("input_layernorm").get(h, "weight")?,
+                q_proj: Linear::dense(&attn.pp("q_proj"), q_dim, h, true)?,
+                k_proj: Linear::dense(&attn.pp("k_proj"), kv_dim, h, true)?,
+                v_proj: Linear::dense(&attn.pp("v_proj"), kv_dim, h, true)?,
+                o_proj: Linear::dense(&attn.pp("o_proj"), h, q_dim, false)?,
+                post_attention_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
+                gate_proj: Linear::dense(&mlp.pp("gate_proj"), i, h, false)?,
+                up_proj: Linear::dense(&mlp.pp("up_proj"), i, h, false)?,
+                down_proj: Linear::dense(&mlp.pp("down_proj"), h, i, false)?,
+            });
+        }
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.pp("lm_head").get((config.vocab_size, h), "weight")?
+        } else {
+            embed.clone()
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed_tokens: QMatMul::Tensor(embed),
+            layers,
+            final_norm: m.pp("norm").get(h, "weight")?,
+            lm_head: QMatMul::Tensor(lm_head),
+            rope: RopeTables::new(config, vb.device())?,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            format: WeightFormat::Dense(vb.dtype()),
+        })
+    }
+
+    /// Builds the model from a GGUF file with llama.cpp's `qwen2` tensor names, keeping k-quant
+    /// weights quantized (candle's quantized matmul) and norms/biases dense in f32.
+    pub fn from_gguf<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = Qwen2Config::from_gguf(ct).map_err(candle_core::Error::wrap)?;
+        let mut g = GgufTensors { ct, reader, device };
+        let embed = g.quantized("token_embd.weight")?;
+        let format = WeightFormat::Gguf(
+            ct.tensor_infos
+                .get("blk.0.ffn_down.weight")
+                .map(|t| format!("{:?}", t.ggml_dtype))
+                .unwrap_or_default(),
+        );
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for idx in 0..config.num_hidden_layers {
+            let p = format!("blk.{idx}");
+            layers.push(Layer {
+                input_norm: g.dense(&format!("{p}.attn_norm.weight"))?,
+                q_proj: g.linear(&p, "attn_q", true)?,
+                k_proj: g.linear(&p, "attn_k", true)?,
+                v_proj: g.linear(&p, "attn_v", true)?,
+                o_proj: g.linear(&p, "attn_output", false)?,
+                post_attention_norm: g.dense(&format!("{p}.ffn_norm.weight"))?,
+                gate_proj: g.linear(&p, "ffn_gate", false)?,
+                up_proj: g.linear(&p, "ffn_up", false)?,
+                down_proj: g.linear(&p, "ffn_down", false)?,
+            });
+        }
+        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
+            QMatMul::from_arc(g.quantized("output.weight")?)?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let final_norm = g.dense("output_norm.weight")?;
+        Ok(Self {
+            rope: RopeTables::new(&config, device)?,
+            config,
+            embed_tokens: QMatMul::from_arc(embed)?,
+            layers,
+            final_norm,
+            lm_head,
+            dtype: DType::F32,
+            device: device.clone(),
+            format,
+        })
+    }
+
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn weight_format(&self) -> &WeightFormat {
+        &self.format
+    }
+
+    /// Runs every token of `batch` through the model, writing K/V through `attention`, and returns
+    /// f32 logits `[batch.logit_rows.len(), vocab]`.
+    pub fn forward(
+        &self,
+        batch: &ForwardBatch,
+        attention: &mut dyn PagedAttention,
+    ) -> Result<Tensor> {
+        let n = batch.tokens.len();
+        if n == 0 || batch.positions.len() != n || batch.attention.num_tokens() != n {
+            candle_core::bail!(
+                "malformed batch: {n} tokens, {} positions, {} slots",
+                batch.positions.len(),
+                batch.attention.num_tokens()
+            );
+        }
+        let cfg = &self.config;
+        let (heads, kv_heads, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let eps = cfg.rms_norm_eps as f32;
+        let tokens = Tensor::from_slice(&batch.tokens, n, &self.device)?;
+        let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
+        let (cos, sin) = self.rope.gather(&positions)?;
+
+        let mut x = self.embed_tokens.embedding(&tokens)?.to_dtype(self.dtype)?;
+        for (idx, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let q = layer.q_proj.forward(&h)?.reshape((1, n, heads, d))?;
+            let k = layer.k_proj.forward(&h)?.reshape((1, n, kv_heads, d))?;
+            let v = layer.v_proj.forward(&h)?.reshape((n, kv_heads, d))?;
+            let q = self.rope.apply(&q, &cos, &sin)?.reshape((n, heads, d))?;
+            let k = self.rope.apply(&k, &cos, &sin)?.reshape((n, kv_heads, d))?;
+            let attn = attention
+                .forward(idx, &q, &k, &v, &batch.attention)?
+                .to_device(&self.device)?
+                .to_dtype(self.dtype)?;
+            x = (x + layer.o_proj.forward(&attn)?)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.post_attention_norm, eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&h)?)?;
+            let up = layer.up_proj.forward(&h)?;
+            x = (x + layer.down_proj.forward(&(gate * up)?)?)?;
+        }
+        let rows = Tensor::from_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
+        let last = x.index_select(&rows, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.final_norm, eps)?;
+        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+}
