@@ -182,6 +182,7 @@ impl EngineCore {
         self.stats.record_schedule(&schedule);
         if schedule.scheduled.is_empty() {
             self.stats.set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
+            self.stats.set_kv_usage(self.scheduler.blocks().pool().usage());
             return Ok(0);
         }
         let started = Instant::now();
