@@ -45,7 +45,12 @@ struct DecodeResult {
 
 /// Runs `k` sequences together; decode rate counts tokens after each sequence's first one, over the
 /// time from the last first-token to the last token, so prefill is excluded.
-fn engine_decode(engine: &EngineHandle, args: &BenchArgs, k: usize, vocab: u32) -> Result<DecodeResult> {
+fn engine_decode(
+    engine: &EngineHandle,
+    args: &BenchArgs,
+    k: usize,
+    vocab: u32,
+) -> Result<DecodeResult> {
     let mut streams = Vec::new();
     for i in 0..k {
         streams.push(engine.submit(GenerateRequest {
@@ -100,7 +105,11 @@ fn engine_decode(engine: &EngineHandle, args: &BenchArgs, k: usize, vocab: u32) 
     })
 }
 
-fn reference_run(path: &str, prompt: &[u32], new_tokens: usize) -> Result<(Duration, DecodeResult)> {
+fn reference_run(
+    path: &str,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> Result<(Duration, DecodeResult)> {
     let mut file = std::fs::File::open(path)?;
     let content = gguf_file::Content::read(&mut file)?;
     let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;

@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "rmr1", version, about = "Serve and train RM-R1 reasoning reward models")]
+#[command(
+    name = "rmr1",
+    version,
+    about = "Serve and train RM-R1 reasoning reward models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

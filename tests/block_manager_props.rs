@@ -12,11 +12,21 @@ const BLOCK_SIZE: usize = 4;
 #[derive(Debug, Clone)]
 enum Op {
     /// Admit a new sequence whose prompt is `prefix_kind`'s shared prefix plus `extra` tokens.
-    Admit { prefix_kind: u8, extra: usize },
+    Admit {
+        prefix_kind: u8,
+        extra: usize,
+    },
     /// Grow sequence (index into live ones) by n tokens, as a decode or prefill chunk would.
-    Grow { which: usize, n: usize },
-    Fork { which: usize },
-    Free { which: usize },
+    Grow {
+        which: usize,
+        n: usize,
+    },
+    Fork {
+        which: usize,
+    },
+    Free {
+        which: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,19 +48,30 @@ fn check_invariants(bm: &BlockManager, live: &HashMap<SeqId, Live>) {
     let mut holders = vec![0u32; BLOCKS];
     for (&id, l) in live {
         let table = bm.block_table(id);
-        assert!(table.len() * BLOCK_SIZE >= l.computed, "table too short for computed tokens");
+        assert!(
+            table.len() * BLOCK_SIZE >= l.computed,
+            "table too short for computed tokens"
+        );
         for &b in table {
             holders[b as usize] += 1;
         }
     }
     let mut in_use = 0;
     for (b, &h) in holders.iter().enumerate() {
-        assert_eq!(bm.pool().ref_count(b as u32), h, "block {b}: refcount vs holders");
+        assert_eq!(
+            bm.pool().ref_count(b as u32),
+            h,
+            "block {b}: refcount vs holders"
+        );
         if h > 0 {
             in_use += 1;
         }
     }
-    assert_eq!(bm.num_free() + in_use, BLOCKS, "free list + blocks in use = pool");
+    assert_eq!(
+        bm.num_free() + in_use,
+        BLOCKS,
+        "free list + blocks in use = pool"
+    );
 }
 
 proptest! {

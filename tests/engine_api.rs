@@ -25,12 +25,21 @@ fn start(dir: &std::path::Path, config: EngineConfig) -> EngineHandle {
 fn tiny() -> (tempfile::TempDir, EngineHandle) {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), &TinySpec::default());
-    let engine = start(dir.path(), EngineConfig { num_blocks: Some(128), ..EngineConfig::default() });
+    let engine = start(
+        dir.path(),
+        EngineConfig {
+            num_blocks: Some(128),
+            ..EngineConfig::default()
+        },
+    );
     (dir, engine)
 }
 
 /// Runs a request to the end: (concatenated text deltas, token events, final event).
-async fn run(engine: &EngineHandle, req: GenerateRequest) -> (String, Vec<rmr1::engine::TokenEvent>, Finished) {
+async fn run(
+    engine: &EngineHandle,
+    req: GenerateRequest,
+) -> (String, Vec<rmr1::engine::TokenEvent>, Finished) {
     let mut stream = engine.submit(req).unwrap();
     let mut text = String::new();
     let mut events = Vec::new();
@@ -50,19 +59,40 @@ async fn run(engine: &EngineHandle, req: GenerateRequest) -> (String, Vec<rmr1::
 }
 
 fn req(prompt: Vec<u32>, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt_tokens: prompt, sampling }
+    GenerateRequest {
+        prompt_tokens: prompt,
+        sampling,
+    }
 }
 
 #[tokio::test]
 async fn streamed_deltas_add_up_to_the_final_text() {
     let (_dir, engine) = tiny();
-    let (text, events, fin) = run(&engine, req(tokens(1, 9, 96), SamplingParams { max_new_tokens: 12, ignore_eos: true, ..Default::default() })).await;
+    let (text, events, fin) = run(
+        &engine,
+        req(
+            tokens(1, 9, 96),
+            SamplingParams {
+                max_new_tokens: 12,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
     assert_eq!(fin.reason, FinishReason::Length);
     assert_eq!(fin.token_ids.len(), 12);
     assert_eq!(events.len(), 12);
     assert_eq!(text, fin.text);
-    assert_eq!(text.split(' ').count(), 12, "word-level tokenizer: one word per token: {text:?}");
-    assert_eq!((fin.usage.prompt_tokens, fin.usage.completion_tokens), (9, 12));
+    assert_eq!(
+        text.split(' ').count(),
+        12,
+        "word-level tokenizer: one word per token: {text:?}"
+    );
+    assert_eq!(
+        (fin.usage.prompt_tokens, fin.usage.completion_tokens),
+        (9, 12)
+    );
     assert!(fin.timings.time_to_first_token <= fin.timings.total);
 }
 
@@ -70,7 +100,14 @@ async fn streamed_deltas_add_up_to_the_final_text() {
 async fn dropping_the_stream_cancels_and_frees_blocks() {
     let (_dir, engine) = tiny();
     let mut stream = engine
-        .submit(req(tokens(2, 40, 96), SamplingParams { max_new_tokens: 900, ignore_eos: true, ..Default::default() }))
+        .submit(req(
+            tokens(2, 40, 96),
+            SamplingParams {
+                max_new_tokens: 900,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        ))
         .unwrap();
     for _ in 0..3 {
         assert!(matches!(stream.next().await, Some(EngineEvent::Token(_))));
@@ -78,24 +115,54 @@ async fn dropping_the_stream_cancels_and_frees_blocks() {
     assert!(engine.stats().kv_usage() > 0.0);
     drop(stream);
     let mut waited = 0;
-    while engine.stats().kv_usage() > 0.0 || engine.stats().running.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+    while engine.stats().kv_usage() > 0.0
+        || engine
+            .stats()
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
         waited += 1;
         assert!(waited < 2000, "cancelled request kept its blocks");
     }
-    assert_eq!(engine.stats().cancelled.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        engine
+            .stats()
+            .cancelled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
 async fn same_seed_same_tokens_regardless_of_batch_neighbours() {
     let (_dir, engine) = tiny();
-    let sampled = |seed| SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), max_new_tokens: 24, ignore_eos: true, ..Default::default() };
+    let sampled = |seed| SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: Some(seed),
+        max_new_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let prompt = tokens(3, 11, 96);
     let (_, _, alone) = run(&engine, req(prompt.clone(), sampled(7))).await;
     // Same request again, this time sharing every step with other sampled requests.
     let mut others = Vec::new();
     for i in 0..5 {
-        others.push(engine.submit(req(tokens(50 + i, 5 + i as usize * 3, 96), SamplingParams { temperature: 1.0, max_new_tokens: 30, ..Default::default() })).unwrap());
+        others.push(
+            engine
+                .submit(req(
+                    tokens(50 + i, 5 + i as usize * 3, 96),
+                    SamplingParams {
+                        temperature: 1.0,
+                        max_new_tokens: 30,
+                        ..Default::default()
+                    },
+                ))
+                .unwrap(),
+        );
     }
     let (_, _, crowded) = run(&engine, req(prompt.clone(), sampled(7))).await;
     assert_eq!(alone.token_ids, crowded.token_ids);
@@ -108,12 +175,26 @@ async fn same_seed_same_tokens_regardless_of_batch_neighbours() {
 async fn stop_strings_end_generation_before_the_match() {
     let (_dir, engine) = tiny();
     let prompt = tokens(4, 7, 96);
-    let greedy = SamplingParams { max_new_tokens: 10, ignore_eos: true, ..Default::default() };
+    let greedy = SamplingParams {
+        max_new_tokens: 10,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let (full, _, _) = run(&engine, req(prompt.clone(), greedy.clone())).await;
     let words: Vec<&str> = full.split(' ').collect();
     let stop = format!(" {} ", words[2]);
     let expected_cut = full.find(&stop).unwrap();
-    let (text, _, fin) = run(&engine, req(prompt, SamplingParams { stop_strings: vec![stop.clone()], ..greedy })).await;
+    let (text, _, fin) = run(
+        &engine,
+        req(
+            prompt,
+            SamplingParams {
+                stop_strings: vec![stop.clone()],
+                ..greedy
+            },
+        ),
+    )
+    .await;
     assert_eq!(fin.reason, FinishReason::Stop);
     assert_eq!(text, full[..expected_cut], "stop string {stop:?}");
     assert_eq!(fin.text, text);
@@ -123,20 +204,39 @@ async fn stop_strings_end_generation_before_the_match() {
 async fn probes_report_named_token_logprobs_at_marked_steps() {
     let (_dir, engine) = tiny();
     let prompt = tokens(5, 8, 96);
-    let base = SamplingParams { max_new_tokens: 6, ignore_eos: true, logprobs: true, ..Default::default() };
+    let base = SamplingParams {
+        max_new_tokens: 6,
+        ignore_eos: true,
+        logprobs: true,
+        ..Default::default()
+    };
     let (full, events, _) = run(&engine, req(prompt.clone(), base.clone())).await;
     let words: Vec<&str> = full.split(' ').collect();
     let probes = vec![
-        LogprobProbe { at: ProbeTrigger::AfterText(format!("{} {}", words[0], words[1])), token_ids: vec![events[2].token_id, 3, 4] },
-        LogprobProbe { at: ProbeTrigger::Step(4), token_ids: vec![events[4].token_id] },
+        LogprobProbe {
+            at: ProbeTrigger::AfterText(format!("{} {}", words[0], words[1])),
+            token_ids: vec![events[2].token_id, 3, 4],
+        },
+        LogprobProbe {
+            at: ProbeTrigger::Step(4),
+            token_ids: vec![events[4].token_id],
+        },
     ];
     let (_, probed, _) = run(&engine, req(prompt, SamplingParams { probes, ..base })).await;
-    let fired: Vec<usize> = probed.iter().enumerate().filter(|(_, e)| !e.probes.is_empty()).map(|(i, _)| i).collect();
+    let fired: Vec<usize> = probed
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.probes.is_empty())
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(fired, vec![2, 4]);
     // The probe of the token that was then sampled equals that token's reported log-prob.
     let p2 = &probed[2].probes[0];
     assert_eq!(p2.step, 2);
-    assert_eq!(p2.logprobs[0], (events[2].token_id, probed[2].logprob.unwrap()));
+    assert_eq!(
+        p2.logprobs[0],
+        (events[2].token_id, probed[2].logprob.unwrap())
+    );
     assert!(p2.logprobs.iter().all(|(_, lp)| *lp <= 0.0));
     let greedy_lp = probed[4].logprob.unwrap();
     assert_eq!(probed[4].probes[0].logprobs[0].1, greedy_lp);
@@ -147,22 +247,71 @@ async fn probes_report_named_token_logprobs_at_marked_steps() {
 #[tokio::test]
 async fn bad_requests_are_refused_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_model(dir.path(), &TinySpec { max_positions: 64, ..TinySpec::default() });
-    let engine = start(dir.path(), EngineConfig { max_pending_requests: 2, num_blocks: Some(64), ..EngineConfig::default() });
+    write_tiny_model(
+        dir.path(),
+        &TinySpec {
+            max_positions: 64,
+            ..TinySpec::default()
+        },
+    );
+    let engine = start(
+        dir.path(),
+        EngineConfig {
+            max_pending_requests: 2,
+            num_blocks: Some(64),
+            ..EngineConfig::default()
+        },
+    );
     let ok = SamplingParams::greedy(4);
-    assert_eq!(engine.submit(req(vec![], ok.clone())).err(), Some(SubmitError::EmptyPrompt));
+    assert_eq!(
+        engine.submit(req(vec![], ok.clone())).err(),
+        Some(SubmitError::EmptyPrompt)
+    );
     assert_eq!(
         engine.submit(req(tokens(1, 64, 96), ok.clone())).err(),
-        Some(SubmitError::PromptTooLong { prompt: 64, max: 64 })
+        Some(SubmitError::PromptTooLong {
+            prompt: 64,
+            max: 64
+        })
     );
-    assert_eq!(engine.submit(req(vec![5, 96], ok.clone())).err(), Some(SubmitError::UnknownToken(96, 96)));
+    assert_eq!(
+        engine.submit(req(vec![5, 96], ok.clone())).err(),
+        Some(SubmitError::UnknownToken(96, 96))
+    );
     assert!(matches!(
-        engine.submit(req(vec![5], SamplingParams { top_p: 0.0, ..ok.clone() })).err(),
+        engine
+            .submit(req(
+                vec![5],
+                SamplingParams {
+                    top_p: 0.0,
+                    ..ok.clone()
+                }
+            ))
+            .err(),
         Some(SubmitError::InvalidParams(_))
     ));
-    let a = engine.submit(req(vec![5, 6], SamplingParams { max_new_tokens: 50, ..ok.clone() })).unwrap();
-    let b = engine.submit(req(vec![5, 7], SamplingParams { max_new_tokens: 50, ..ok.clone() })).unwrap();
-    assert!(matches!(engine.submit(req(vec![5], ok.clone())).err(), Some(SubmitError::QueueFull(2))));
+    let a = engine
+        .submit(req(
+            vec![5, 6],
+            SamplingParams {
+                max_new_tokens: 50,
+                ..ok.clone()
+            },
+        ))
+        .unwrap();
+    let b = engine
+        .submit(req(
+            vec![5, 7],
+            SamplingParams {
+                max_new_tokens: 50,
+                ..ok.clone()
+            },
+        ))
+        .unwrap();
+    assert!(matches!(
+        engine.submit(req(vec![5], ok.clone())).err(),
+        Some(SubmitError::QueueFull(2))
+    ));
     drop(a);
     drop(b);
     // Capacity comes back as soon as streams are gone.

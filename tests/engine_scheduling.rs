@@ -66,7 +66,10 @@ fn preempted_sequences_resume_with_identical_distributions() {
                 sampling: SamplingParams {
                     max_new_tokens: 15,
                     ignore_eos: true,
-                    probes: vec![LogprobProbe { at: ProbeTrigger::EveryStep, token_ids: all_ids.clone() }],
+                    probes: vec![LogprobProbe {
+                        at: ProbeTrigger::EveryStep,
+                        token_ids: all_ids.clone(),
+                    }],
                     ..SamplingParams::default()
                 },
             },
@@ -91,18 +94,28 @@ fn preempted_sequences_resume_with_identical_distributions() {
         let reference = oracle.log_probs(&full);
         for (step, ours) in probes.iter().enumerate() {
             let diff = max_abs_diff(ours, &reference[prompt.len() - 1 + step]);
-            assert!(diff <= 1e-4, "step {step} (preemptions {preemptions}): |Δ log p| = {diff:e}");
+            assert!(
+                diff <= 1e-4,
+                "step {step} (preemptions {preemptions}): |Δ log p| = {diff:e}"
+            );
         }
     }
     assert!(preempted > 0, "the pool was meant to force preemption");
-    assert_eq!(engine.scheduler().blocks().num_free(), 12, "all blocks returned");
+    assert_eq!(
+        engine.scheduler().blocks().num_free(),
+        12,
+        "all blocks returned"
+    );
 }
 
 /// Tiny deterministic generator for the soak's random choices.
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -110,7 +123,13 @@ impl Lcg {
 #[test]
 fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_model(dir.path(), &TinySpec { head_scale: 1.0, ..TinySpec::default() });
+    write_tiny_model(
+        dir.path(),
+        &TinySpec {
+            head_scale: 1.0,
+            ..TinySpec::default()
+        },
+    );
     let num_blocks = 40;
     let mut engine = core(
         dir.path(),
@@ -133,7 +152,11 @@ fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
     let mut reqs: Vec<Req> = (0..200)
         .map(|i| {
             // Some prompts share a long prefix so the prefix cache is exercised under pressure too.
-            let mut prompt = if i % 3 == 0 { tokens(7, 12, 96) } else { Vec::new() };
+            let mut prompt = if i % 3 == 0 {
+                tokens(7, 12, 96)
+            } else {
+                Vec::new()
+            };
             prompt.extend(tokens(1000 + i, 1 + rng.below(50) as usize, 96));
             Req {
                 prompt,
@@ -154,7 +177,10 @@ fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
                 let (tx, rx) = unbounded_channel();
                 let r = &mut reqs[submitted];
                 engine.add_request(
-                    GenerateRequest { prompt_tokens: r.prompt.clone(), sampling: SamplingParams::greedy(r.max_new) },
+                    GenerateRequest {
+                        prompt_tokens: r.prompt.clone(),
+                        sampling: SamplingParams::greedy(r.max_new),
+                    },
                     tx,
                 );
                 r.rx = Some(rx);
@@ -192,20 +218,39 @@ fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
             }
         }
     }
-    assert_eq!(engine.scheduler().blocks().num_free(), num_blocks, "pool full again at the end");
-    assert!(preemptions > 0, "the tiny pool was meant to force preemptions");
+    assert_eq!(
+        engine.scheduler().blocks().num_free(),
+        num_blocks,
+        "pool full again at the end"
+    );
+    assert!(
+        preemptions > 0,
+        "the tiny pool was meant to force preemptions"
+    );
 
     // Every request that was not cancelled finished, with exactly its solo output.
-    let mut solo = core(dir.path(), EngineConfig { num_blocks: Some(256), ..EngineConfig::default() });
+    let mut solo = core(
+        dir.path(),
+        EngineConfig {
+            num_blocks: Some(256),
+            ..EngineConfig::default()
+        },
+    );
     let mut checked = 0;
     for (i, r) in reqs.iter().enumerate() {
         if r.rx.is_none() {
             continue;
         }
-        let got = r.result.as_ref().unwrap_or_else(|| panic!("request {i} never finished"));
+        let got = r
+            .result
+            .as_ref()
+            .unwrap_or_else(|| panic!("request {i} never finished"));
         let (tx, mut rx) = unbounded_channel();
         solo.add_request(
-            GenerateRequest { prompt_tokens: r.prompt.clone(), sampling: SamplingParams::greedy(r.max_new) },
+            GenerateRequest {
+                prompt_tokens: r.prompt.clone(),
+                sampling: SamplingParams::greedy(r.max_new),
+            },
             tx,
         );
         while solo.has_work() {
@@ -215,5 +260,8 @@ fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
         assert_eq!(got, &alone, "request {i} differs from its solo run");
         checked += 1;
     }
-    assert!(checked >= 120, "only {checked} requests were left uncancelled");
+    assert!(
+        checked >= 120,
+        "only {checked} requests were left uncancelled"
+    );
 }

@@ -52,7 +52,11 @@ impl Runner {
         for c in chunks {
             if !self.blocks.has_sequence(c.seq) {
                 let prefix = self.blocks.match_prefix(&c.tokens[..c.start + c.n]);
-                assert_eq!(prefix.cached_tokens(self.blocks.block_size()), c.start, "test set-up: expected cache hit");
+                assert_eq!(
+                    prefix.cached_tokens(self.blocks.block_size()),
+                    c.start,
+                    "test set-up: expected cache hit"
+                );
                 self.blocks.admit(c.seq, &prefix, c.start + c.n).unwrap();
             } else {
                 copies.extend(self.blocks.grow(c.seq, c.start, c.start + c.n).unwrap());
@@ -61,7 +65,10 @@ impl Runner {
             for p in c.start..c.start + c.n {
                 batch.tokens.push(c.tokens[p]);
                 batch.positions.push(p as u32);
-                batch.attention.slot_mapping.push(self.blocks.slot(c.seq, p));
+                batch
+                    .attention
+                    .slot_mapping
+                    .push(self.blocks.slot(c.seq, p));
                 batch.logit_rows.push((batch.tokens.len() - 1) as u32);
             }
             batch.attention.sequences.push(SequenceSpan {
@@ -79,10 +86,14 @@ impl Runner {
             .to_vec2()
             .unwrap();
         for c in chunks {
-            self.blocks.register_computed(c.seq, c.tokens, c.start + c.n);
+            self.blocks
+                .register_computed(c.seq, c.tokens, c.start + c.n);
         }
         let mut rows = logits.into_iter();
-        chunks.iter().map(|c| rows.by_ref().take(c.n).collect()).collect()
+        chunks
+            .iter()
+            .map(|c| rows.by_ref().take(c.n).collect())
+            .collect()
     }
 }
 
@@ -113,11 +124,20 @@ fn mixed_length_batch_matches_candle() {
     let chunks: Vec<Chunk> = seqs
         .iter()
         .enumerate()
-        .map(|(i, t)| Chunk { seq: i as SeqId, tokens: t, start: 0, n: t.len() })
+        .map(|(i, t)| Chunk {
+            seq: i as SeqId,
+            tokens: t,
+            start: 0,
+            n: t.len(),
+        })
         .collect();
     let out = runner.step(&chunks);
     for (i, t) in seqs.iter().enumerate() {
-        assert_close(&out[i], &oracle.logits(t), &format!("sequence {i} of {} tokens", t.len()));
+        assert_close(
+            &out[i],
+            &oracle.logits(t),
+            &format!("sequence {i} of {} tokens", t.len()),
+        );
     }
 
     // Then decode steps for all of them together, each at its own position.
@@ -129,12 +149,21 @@ fn mixed_length_batch_matches_candle() {
         let chunks: Vec<Chunk> = grown
             .iter()
             .enumerate()
-            .map(|(i, t)| Chunk { seq: i as SeqId, tokens: t, start: t.len() - 1, n: 1 })
+            .map(|(i, t)| Chunk {
+                seq: i as SeqId,
+                tokens: t,
+                start: t.len() - 1,
+                n: 1,
+            })
             .collect();
         let out = runner.step(&chunks);
         for (i, t) in grown.iter().enumerate() {
             let reference = oracle.logits(t);
-            assert_close(&out[i], &reference[t.len() - 1..], &format!("decode step {step}, sequence {i}"));
+            assert_close(
+                &out[i],
+                &reference[t.len() - 1..],
+                &format!("decode step {step}, sequence {i}"),
+            );
         }
     }
 }
@@ -142,7 +171,13 @@ fn mixed_length_batch_matches_candle() {
 #[test]
 fn chunked_prefill_at_odd_boundaries_matches_candle() {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_model(dir.path(), &TinySpec { tie_embeddings: true, ..TinySpec::default() });
+    write_tiny_model(
+        dir.path(),
+        &TinySpec {
+            tie_embeddings: true,
+            ..TinySpec::default()
+        },
+    );
     let mut oracle = Oracle::new(dir.path());
     // Block size 8 so chunks straddle block edges.
     let mut runner = Runner::new(dir.path(), 32, 8);
@@ -155,14 +190,32 @@ fn chunked_prefill_at_odd_boundaries_matches_candle() {
     for (k, n) in [7usize, 13, 1, 3, 20, 17].into_iter().enumerate() {
         // Another sequence's chunks ride along in the same batches.
         let m = [5usize, 9, 2, 11, 2, 0][k];
-        let mut chunks = vec![Chunk { seq: 0, tokens: &t, start, n }];
+        let mut chunks = vec![Chunk {
+            seq: 0,
+            tokens: &t,
+            start,
+            n,
+        }];
         if m > 0 {
-            chunks.push(Chunk { seq: 1, tokens: &other, start: other_start, n: m });
+            chunks.push(Chunk {
+                seq: 1,
+                tokens: &other,
+                start: other_start,
+                n: m,
+            });
         }
         let out = runner.step(&chunks);
-        assert_close(&out[0], &reference[start..start + n], &format!("chunk {k} at {start}+{n}"));
+        assert_close(
+            &out[0],
+            &reference[start..start + n],
+            &format!("chunk {k} at {start}+{n}"),
+        );
         if m > 0 {
-            assert_close(&out[1], &other_reference[other_start..other_start + m], &format!("rider chunk {k}"));
+            assert_close(
+                &out[1],
+                &other_reference[other_start..other_start + m],
+                &format!("rider chunk {k}"),
+            );
         }
         start += n;
         other_start += m;
@@ -182,23 +235,45 @@ fn prefix_cache_hit_matches_candle_and_reuses_identical_kv() {
     let mut b = shared.clone();
     b.extend(tokens(9, 12, 96));
 
-    runner.step(&[Chunk { seq: 0, tokens: &a, start: 0, n: a.len() }]);
+    runner.step(&[Chunk {
+        seq: 0,
+        tokens: &a,
+        start: 0,
+        n: a.len(),
+    }]);
     let hit = runner.blocks.match_prefix(&b);
     assert_eq!(hit.blocks.len(), 2, "two full shared blocks of 16");
     assert_eq!(&runner.blocks.block_table(0)[..2], hit.blocks.as_slice());
 
     // Sequence b computes only its uncached tail, attending to a's cached blocks.
-    let out = runner.step(&[Chunk { seq: 1, tokens: &b, start: 32, n: b.len() - 32 }]);
-    assert_close(&out[0], &oracle.logits(&b)[32..], "tail after a prefix-cache hit");
+    let out = runner.step(&[Chunk {
+        seq: 1,
+        tokens: &b,
+        start: 32,
+        n: b.len() - 32,
+    }]);
+    assert_close(
+        &out[0],
+        &oracle.logits(&b)[32..],
+        "tail after a prefix-cache hit",
+    );
     assert_eq!(&runner.blocks.block_table(1)[..2], hit.blocks.as_slice());
 
     // The shared blocks hold exactly what computing b from scratch writes.
     let mut fresh = Runner::new(dir.path(), 64, 16);
-    fresh.step(&[Chunk { seq: 5, tokens: &b, start: 0, n: b.len() }]);
+    fresh.step(&[Chunk {
+        seq: 5,
+        tokens: &b,
+        start: 0,
+        n: b.len(),
+    }]);
     for layer in 0..2 {
         for (i, &block) in hit.blocks.iter().enumerate() {
             let (k1, v1) = runner.attention.read_block(layer, block).unwrap();
-            let (k2, v2) = fresh.attention.read_block(layer, fresh.blocks.block_table(5)[i]).unwrap();
+            let (k2, v2) = fresh
+                .attention
+                .read_block(layer, fresh.blocks.block_table(5)[i])
+                .unwrap();
             assert!(max_abs_diff(&k1, &k2) <= 1e-5 && max_abs_diff(&v1, &v2) <= 1e-5);
         }
     }
@@ -211,7 +286,12 @@ fn forked_sequences_diverge_copy_on_write() {
     let mut oracle = Oracle::new(dir.path());
     let mut runner = Runner::new(dir.path(), 64, 16);
     let prompt = tokens(11, 21, 96); // ends inside the second block, which the fork then shares
-    runner.step(&[Chunk { seq: 0, tokens: &prompt, start: 0, n: prompt.len() }]);
+    runner.step(&[Chunk {
+        seq: 0,
+        tokens: &prompt,
+        start: 0,
+        n: prompt.len(),
+    }]);
     runner.blocks.fork(0, 1);
     assert_eq!(runner.blocks.block_table(0), runner.blocks.block_table(1));
     let mut a = prompt.clone();
@@ -219,11 +299,29 @@ fn forked_sequences_diverge_copy_on_write() {
     let mut b = prompt.clone();
     b.push(20);
     let out = runner.step(&[
-        Chunk { seq: 0, tokens: &a, start: prompt.len(), n: 1 },
-        Chunk { seq: 1, tokens: &b, start: prompt.len(), n: 1 },
+        Chunk {
+            seq: 0,
+            tokens: &a,
+            start: prompt.len(),
+            n: 1,
+        },
+        Chunk {
+            seq: 1,
+            tokens: &b,
+            start: prompt.len(),
+            n: 1,
+        },
     ]);
-    assert_ne!(runner.blocks.block_table(0)[1], runner.blocks.block_table(1)[1], "partial block copied");
-    assert_eq!(runner.blocks.block_table(0)[0], runner.blocks.block_table(1)[0], "full block still shared");
+    assert_ne!(
+        runner.blocks.block_table(0)[1],
+        runner.blocks.block_table(1)[1],
+        "partial block copied"
+    );
+    assert_eq!(
+        runner.blocks.block_table(0)[0],
+        runner.blocks.block_table(1)[0],
+        "full block still shared"
+    );
     assert_close(&out[0], &oracle.logits(&a)[a.len() - 1..], "fork a");
     assert_close(&out[1], &oracle.logits(&b)[b.len() - 1..], "fork b");
 }

@@ -18,7 +18,9 @@ use rmr1::model::{self, CacheShape, ForwardBatch, LoadOptions, SequenceSpan};
 
 #[test]
 fn dequantized_gguf_logits_match_candle_to_1e_3() {
-    let Some(dir) = common::real_model_dir() else { return };
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let gguf = dir.join("model.gguf");
     let loaded = model::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
@@ -29,7 +31,10 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
 
     let text = loaded
         .tokenizer
-        .apply_chat_template(&[ChatMessage::new("user", "Explain recursion to a child.")], true)
+        .apply_chat_template(
+            &[ChatMessage::new("user", "Explain recursion to a child.")],
+            true,
+        )
         .unwrap();
     let mut seq = loaded.tokenizer.encode(&text).unwrap();
     let shape = CacheShape {
@@ -48,8 +53,17 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
     let (mut start, mut worst) = (0usize, 0f32);
     for step in 0..9 {
         let input = &seq[start..];
-        let x = Tensor::new(input, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let theirs: Vec<f32> = reference.forward(&x, start).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let x = Tensor::new(input, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs: Vec<f32> = reference
+            .forward(&x, start)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let mut batch = ForwardBatch::default();
         for p in start..seq.len() {
             batch.tokens.push(seq[p]);
@@ -63,7 +77,14 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
             block_table: blocks.block_table(0).to_vec(),
         });
         batch.logit_rows.push((input.len() - 1) as u32);
-        let ours: Vec<f32> = loaded.model.forward(&batch, &mut attention).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let ours: Vec<f32> = loaded
+            .model
+            .forward(&batch, &mut attention)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let diff = common::max_abs_diff(&ours, &theirs);
         worst = worst.max(diff);
         assert!(diff <= 1e-3, "step {step}: max |Δlogit| {diff:e}");

@@ -30,7 +30,9 @@ const PROMPTS: [&str; 3] = [
 ];
 
 fn chat_tokens(tok: &ModelTokenizer, prompt: &str) -> Vec<u32> {
-    let text = tok.apply_chat_template(&[ChatMessage::new("user", prompt)], true).unwrap();
+    let text = tok
+        .apply_chat_template(&[ChatMessage::new("user", prompt)], true)
+        .unwrap();
     tok.encode(&text).unwrap()
 }
 
@@ -44,8 +46,17 @@ fn reference_greedy(gguf: &Path, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32
     let mut input = prompt.to_vec();
     let mut pos = 0;
     for _ in 0..n {
-        let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits: Vec<f32> = model.forward(&x, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits: Vec<f32> = model
+            .forward(&x, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         pos += input.len();
         let next = rmr1::engine::sampler::argmax(&logits);
         let mut sorted = logits.clone();
@@ -67,7 +78,10 @@ fn assert_same_greedy(ours: &[u32], reference: &[u32], gaps: &[f32], what: &str)
             reference[i],
             gaps[i]
         );
-        eprintln!("{what}: near-tie flip at step {i} (gap {}); equal before it", gaps[i]);
+        eprintln!(
+            "{what}: near-tie flip at step {i} (gap {}); equal before it",
+            gaps[i]
+        );
     } else {
         eprintln!("{what}: all {} tokens equal", ours.len());
     }
@@ -101,50 +115,92 @@ fn run_engine(core: &mut EngineCore, requests: Vec<GenerateRequest>) -> Vec<Vec<
 fn greedy(prompt: Vec<u32>) -> GenerateRequest {
     GenerateRequest {
         prompt_tokens: prompt,
-        sampling: SamplingParams { max_new_tokens: NEW_TOKENS, ignore_eos: true, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            max_new_tokens: NEW_TOKENS,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        },
     }
 }
 
 #[test]
 fn greedy_tokens_match_candle_quantized_qwen2_alone_and_batched() {
-    let Some(dir) = common::real_model_dir() else { return };
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
     let gguf = dir.join("model.gguf");
     let loaded = model::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| chat_tokens(&loaded.tokenizer, p)).collect();
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| chat_tokens(&loaded.tokenizer, p))
+        .collect();
     let mut core = EngineCore::new(
         loaded.model,
         Arc::new(loaded.tokenizer.inner().clone()),
         loaded.tokenizer.eos_ids().to_vec(),
-        &EngineConfig { max_num_batched_tokens: 64, ..EngineConfig::default() },
+        &EngineConfig {
+            max_num_batched_tokens: 64,
+            ..EngineConfig::default()
+        },
     )
     .unwrap();
 
-    let references: Vec<(Vec<u32>, Vec<f32>)> =
-        prompts.iter().map(|p| reference_greedy(&gguf, p, NEW_TOKENS)).collect();
+    let references: Vec<(Vec<u32>, Vec<f32>)> = prompts
+        .iter()
+        .map(|p| reference_greedy(&gguf, p, NEW_TOKENS))
+        .collect();
     for (i, p) in prompts.iter().enumerate() {
         let ours = run_engine(&mut core, vec![greedy(p.clone())]).remove(0);
-        assert_same_greedy(&ours, &references[i].0, &references[i].1, &format!("prompt {i} alone"));
+        assert_same_greedy(
+            &ours,
+            &references[i].0,
+            &references[i].1,
+            &format!("prompt {i} alone"),
+        );
     }
 
     // Batched with each other and with two sampled requests, prefill chunked at 64 tokens.
     let mut batch: Vec<GenerateRequest> = prompts.iter().cloned().map(greedy).collect();
-    for (seed, p) in [(1u64, "Say hello in French."), (2, "List three prime numbers.")] {
+    for (seed, p) in [
+        (1u64, "Say hello in French."),
+        (2, "List three prime numbers."),
+    ] {
         batch.push(GenerateRequest {
             prompt_tokens: chat_tokens(&loaded.tokenizer, p),
-            sampling: SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(seed), max_new_tokens: 40, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                temperature: 0.8,
+                top_p: 0.9,
+                seed: Some(seed),
+                max_new_tokens: 40,
+                ..SamplingParams::default()
+            },
         });
     }
     let outs = run_engine(&mut core, batch);
     for i in 0..prompts.len() {
-        assert_same_greedy(&outs[i], &references[i].0, &references[i].1, &format!("prompt {i} batched"));
+        assert_same_greedy(
+            &outs[i],
+            &references[i].0,
+            &references[i].1,
+            &format!("prompt {i} batched"),
+        );
     }
 }
 
 #[test]
 fn chat_answer_matches_llama_cpp() {
-    let Some(dir) = common::real_model_dir() else { return };
-    let loaded = model::load(dir.join("model.gguf").to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let prompt = chat_tokens(&loaded.tokenizer, "What is the capital of France? Answer in one short sentence.");
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
+    let loaded = model::load(
+        dir.join("model.gguf").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let prompt = chat_tokens(
+        &loaded.tokenizer,
+        "What is the capital of France? Answer in one short sentence.",
+    );
     let tokenizer = loaded.tokenizer;
     let mut core = EngineCore::new(
         loaded.model,
@@ -153,28 +209,50 @@ fn chat_answer_matches_llama_cpp() {
         &EngineConfig::default(),
     )
     .unwrap();
-    let out = run_engine(&mut core, vec![GenerateRequest { prompt_tokens: prompt, sampling: SamplingParams::greedy(32) }]);
+    let out = run_engine(
+        &mut core,
+        vec![GenerateRequest {
+            prompt_tokens: prompt,
+            sampling: SamplingParams::greedy(32),
+        }],
+    );
     // llama.cpp's greedy answer on the same file (reference/engine.md); generation stops at EOS.
-    assert_eq!(tokenizer.decode(&out[0]).unwrap(), "Paris is the capital of France.<|im_end|>");
+    assert_eq!(
+        tokenizer.decode(&out[0]).unwrap(),
+        "Paris is the capital of France.<|im_end|>"
+    );
 }
 
 #[test]
 fn tokenizer_built_from_gguf_metadata_matches_tokenizer_json() {
-    let Some(dir) = common::real_model_dir() else { return };
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
     let mut file = std::fs::File::open(dir.join("model.gguf")).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let from_meta = ModelTokenizer::from_gguf(&content).unwrap();
-    let from_json = ModelTokenizer::from_gguf_with_tokenizer_file(&content, &dir.join("tokenizer.json")).unwrap();
+    let from_json =
+        ModelTokenizer::from_gguf_with_tokenizer_file(&content, &dir.join("tokenizer.json"))
+            .unwrap();
     for text in [
         "Hello, world!",
         "def f(x):\n    return x ** 2  # square\n",
         "<|im_start|>user\nÜnïcödé — 中文 text 🙂<|im_end|>\n",
         "   multiple   spaces\t\ttabs\n\n\nnewlines 12345 3.14159",
     ] {
-        assert_eq!(from_meta.encode(text).unwrap(), from_json.encode(text).unwrap(), "{text:?}");
+        assert_eq!(
+            from_meta.encode(text).unwrap(),
+            from_json.encode(text).unwrap(),
+            "{text:?}"
+        );
     }
     assert_eq!(from_meta.eos_ids(), from_json.eos_ids());
     assert!(from_meta.has_chat_template());
-    let rendered = from_meta.apply_chat_template(&[ChatMessage::new("user", "hi")], true).unwrap();
-    assert!(rendered.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), "{rendered:?}");
+    let rendered = from_meta
+        .apply_chat_template(&[ChatMessage::new("user", "hi")], true)
+        .unwrap();
+    assert!(
+        rendered.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+        "{rendered:?}"
+    );
 }

@@ -71,7 +71,10 @@ impl BlockManager {
     }
 
     pub fn block_table(&self, seq: SeqId) -> &[BlockId] {
-        self.tables.get(&seq).map(|t| t.blocks.as_slice()).unwrap_or(&[])
+        self.tables
+            .get(&seq)
+            .map(|t| t.blocks.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Cache slot of `position` in `seq` (the table must already cover it).
@@ -115,7 +118,10 @@ impl BlockManager {
             .iter()
             .filter(|&&b| self.pool.ref_count(b) == 0)
             .count();
-        revived + self.blocks_for(total_tokens).saturating_sub(prefix.blocks.len())
+        revived
+            + self
+                .blocks_for(total_tokens)
+                .saturating_sub(prefix.blocks.len())
     }
 
     /// Creates `seq`'s table from a prefix match and grows it to `total_tokens`.
@@ -125,7 +131,10 @@ impl BlockManager {
         prefix: &PrefixMatch,
         total_tokens: usize,
     ) -> Result<(), OutOfBlocks> {
-        assert!(!self.tables.contains_key(&seq), "sequence {seq} admitted twice");
+        assert!(
+            !self.tables.contains_key(&seq),
+            "sequence {seq} admitted twice"
+        );
         if self.blocks_needed_to_admit(prefix, total_tokens) > self.pool.num_free() {
             return Err(OutOfBlocks);
         }
@@ -148,7 +157,12 @@ impl BlockManager {
     }
 
     /// Free blocks `grow(seq, first_new, total)` would take.
-    pub fn blocks_needed_to_grow(&self, seq: SeqId, first_new: usize, total_tokens: usize) -> usize {
+    pub fn blocks_needed_to_grow(
+        &self,
+        seq: SeqId,
+        first_new: usize,
+        total_tokens: usize,
+    ) -> usize {
         let table = &self.tables[&seq].blocks;
         let cow = first_new % self.block_size != 0
             && table
@@ -186,7 +200,11 @@ impl BlockManager {
         let want = self.blocks_for(total_tokens);
         while self.tables[&seq].blocks.len() < want {
             let fresh = self.pool.allocate().expect("capacity checked");
-            self.tables.get_mut(&seq).expect("checked").blocks.push(fresh);
+            self.tables
+                .get_mut(&seq)
+                .expect("checked")
+                .blocks
+                .push(fresh);
         }
         Ok(copies)
     }

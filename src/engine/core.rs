@@ -82,7 +82,10 @@ impl EngineCore {
         let attention: Box<dyn PagedAttention> = if model.device().is_cpu() {
             Box::new(CpuPagedAttention::new(shape, cfg.num_attention_heads))
         } else {
-            anyhow::bail!("no paged-attention backend for {:?} in this build", model.device())
+            anyhow::bail!(
+                "no paged-attention backend for {:?} in this build",
+                model.device()
+            )
         };
         let max_model_len = config
             .max_model_len
@@ -139,7 +142,11 @@ impl EngineCore {
     }
 
     /// Queues a validated request; its events go to `events`.
-    pub fn add_request(&mut self, request: GenerateRequest, events: UnboundedSender<EngineEvent>) -> SeqId {
+    pub fn add_request(
+        &mut self,
+        request: GenerateRequest,
+        events: UnboundedSender<EngineEvent>,
+    ) -> SeqId {
         let id = self.next_id;
         self.next_id += 1;
         // Requests without a seed still get a reproducible stream per (engine seed, request number).
@@ -147,7 +154,8 @@ impl EngineCore {
         let seq = Sequence::new(id, request, &self.eos_ids, default_seed, events);
         self.seqs.insert(id, seq);
         self.scheduler.enqueue(id);
-        self.stats.set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
+        self.stats
+            .set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
         id
     }
 
@@ -181,8 +189,10 @@ impl EngineCore {
         }
         self.stats.record_schedule(&schedule);
         if schedule.scheduled.is_empty() {
-            self.stats.set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
-            self.stats.set_kv_usage(self.scheduler.blocks().pool().usage());
+            self.stats
+                .set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
+            self.stats
+                .set_kv_usage(self.scheduler.blocks().pool().usage());
             return Ok(0);
         }
         let started = Instant::now();
@@ -227,9 +237,12 @@ impl EngineCore {
         for (id, reason) in finished {
             self.finish(id, reason);
         }
-        self.stats.record_step(batch.tokens.len(), started.elapsed());
-        self.stats.set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
-        self.stats.set_kv_usage(self.scheduler.blocks().pool().usage());
+        self.stats
+            .record_step(batch.tokens.len(), started.elapsed());
+        self.stats
+            .set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
+        self.stats
+            .set_kv_usage(self.scheduler.blocks().pool().usage());
         Ok(batch.tokens.len())
     }
 

@@ -98,7 +98,9 @@ impl Detokenizer {
                     continue;
                 }
                 let start = self.text.len() - len;
-                if self.text.is_char_boundary(start) && s.as_bytes().starts_with(&self.text.as_bytes()[start..]) {
+                if self.text.is_char_boundary(start)
+                    && s.as_bytes().starts_with(&self.text.as_bytes()[start..])
+                {
                     best = len;
                     break;
                 }

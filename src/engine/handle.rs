@@ -134,10 +134,16 @@ impl EngineHandle {
         }
         let p = &request.sampling;
         if !(p.temperature.is_finite() && p.temperature >= 0.0) {
-            return Err(SubmitError::InvalidParams(format!("temperature {}", p.temperature)));
+            return Err(SubmitError::InvalidParams(format!(
+                "temperature {}",
+                p.temperature
+            )));
         }
         if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-            return Err(SubmitError::InvalidParams(format!("top_p {} not in (0, 1]", p.top_p)));
+            return Err(SubmitError::InvalidParams(format!(
+                "top_p {} not in (0, 1]",
+                p.top_p
+            )));
         }
         if p.max_new_tokens == 0 {
             return Err(SubmitError::InvalidParams("max_new_tokens is 0".into()));
@@ -178,7 +184,10 @@ fn run(mut core: EngineCore, commands: mpsc::Receiver<Command>) {
                 Err(_) => return,
             }
         };
-        for command in first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
+        for command in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| commands.try_recv().ok()))
+        {
             match command {
                 Command::Submit(request, events) => {
                     core.add_request(request, events);

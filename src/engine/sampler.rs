@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws() {
-        let logits: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 113) as f32 * 0.05).collect();
+        let logits: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 113) as f32 * 0.05)
+            .collect();
         let p = SamplingParams {
             temperature: 0.8,
             top_p: 0.95,
@@ -163,7 +165,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..50).map(|_| sample(&logits, &p, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| sample(&logits, &p, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

@@ -152,7 +152,10 @@ impl Scheduler {
             let n = (seq.tokens.len() - cached).min(budget);
             if self.blocks.admit(id, &prefix, cached + n).is_err() {
                 let whole = seq.tokens.len().div_ceil(self.blocks.block_size());
-                if self.running.is_empty() && out.scheduled.is_empty() && whole > self.blocks.num_blocks() {
+                if self.running.is_empty()
+                    && out.scheduled.is_empty()
+                    && whole > self.blocks.num_blocks()
+                {
                     // Even an empty pool could not hold it: finish rather than wait forever.
                     self.waiting.pop_front();
                     out.rejected.push((id, FinishReason::Length));
@@ -163,7 +166,8 @@ impl Scheduler {
             self.waiting.pop_front();
             seq.num_computed = cached;
             seq.cached_tokens = cached;
-            seq.first_scheduled.get_or_insert_with(std::time::Instant::now);
+            seq.first_scheduled
+                .get_or_insert_with(std::time::Instant::now);
             out.prefix_hit_tokens += cached;
             out.prefix_query_tokens += seq.tokens.len();
             self.running.push(id);

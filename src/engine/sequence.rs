@@ -3,7 +3,7 @@
 use super::block_manager::SeqId;
 use super::detokenizer::Detokenizer;
 use super::request::{
-    EngineEvent, Finished, FinishReason, GenerateRequest, ProbeResult, ProbeTrigger,
+    EngineEvent, FinishReason, Finished, GenerateRequest, ProbeResult, ProbeTrigger,
     SamplingParams, Timings, TokenEvent, Usage,
 };
 use super::sampler::{self, LogSoftmax};

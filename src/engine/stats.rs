@@ -25,9 +25,12 @@ pub struct EngineStats {
 
 impl EngineStats {
     pub fn record_schedule(&self, s: &Schedule) {
-        self.preemptions.fetch_add(s.preempted.len() as u64, Relaxed);
-        self.prefix_query_tokens.fetch_add(s.prefix_query_tokens as u64, Relaxed);
-        self.prefix_hit_tokens.fetch_add(s.prefix_hit_tokens as u64, Relaxed);
+        self.preemptions
+            .fetch_add(s.preempted.len() as u64, Relaxed);
+        self.prefix_query_tokens
+            .fetch_add(s.prefix_query_tokens as u64, Relaxed);
+        self.prefix_hit_tokens
+            .fetch_add(s.prefix_hit_tokens as u64, Relaxed);
     }
 
     pub fn record_step(&self, tokens: usize, took: Duration) {
@@ -51,7 +54,8 @@ impl EngineStats {
     }
 
     pub fn set_kv_usage(&self, fraction: f64) {
-        self.kv_usage_ppm.store((fraction * 1e6).round() as u64, Relaxed);
+        self.kv_usage_ppm
+            .store((fraction * 1e6).round() as u64, Relaxed);
     }
 
     pub fn kv_usage(&self) -> f64 {

@@ -105,8 +105,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", index.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
         let map = json["weight_map"]
             .as_object()
             .with_context(|| format!("{} has no weight_map", index.display()))?;
@@ -130,14 +130,17 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let mut config = Qwen2Config::from_json_file(&dir.join("config.json"))?;
-    let generation: GenerationConfig = match std::fs::read_to_string(dir.join("generation_config.json")) {
-        Ok(text) => serde_json::from_str(&text).context("parsing generation_config.json")?,
-        Err(_) => GenerationConfig::default(),
-    };
+    let generation: GenerationConfig =
+        match std::fs::read_to_string(dir.join("generation_config.json")) {
+            Ok(text) => serde_json::from_str(&text).context("parsing generation_config.json")?,
+            Err(_) => GenerationConfig::default(),
+        };
     if let Some(eos) = generation.eos_token_id {
         config.eos_token_id = Some(eos);
     }
-    let dtype = options.dtype.unwrap_or_else(|| default_dtype(&options.device));
+    let dtype = options
+        .dtype
+        .unwrap_or_else(|| default_dtype(&options.device));
     let files = safetensors_files(dir)?;
     // Safety: the files are memory-mapped read-only; rmr1 never writes model files while serving.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &options.device)? };
@@ -146,7 +149,8 @@ fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .tokenizer
         .clone()
         .unwrap_or_else(|| dir.join("tokenizer.json"));
-    let mut tokenizer = ModelTokenizer::from_hf_files(&tokenizer_path, &dir.join("tokenizer_config.json"))?;
+    let mut tokenizer =
+        ModelTokenizer::from_hf_files(&tokenizer_path, &dir.join("tokenizer_config.json"))?;
     if let Some(eos) = &config.eos_token_id {
         tokenizer.add_eos_ids(&eos.to_vec());
     }

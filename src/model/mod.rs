@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod chat_template;
 pub mod config;
+pub mod int8_matmul;
 pub mod loader;
 pub mod qwen2;
 pub mod rope;

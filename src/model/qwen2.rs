@@ -6,6 +6,7 @@
 
 use super::attention::{AttentionBatch, PagedAttention};
 use super::config::Qwen2Config;
+use super::int8_matmul::Int8BlockMatrix;
 use super::rope::RopeTables;
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -13,16 +14,47 @@ use candle_nn::VarBuilder;
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
+/// A projection's weights: candle's `QMatMul` (dense tensors and k-quants), or our batched kernel for
+/// the 32-value block formats that candle only runs one row at a time.
+#[derive(Debug, Clone)]
+enum Weight {
+    Candle(QMatMul),
+    Int8Blocks(Arc<Int8BlockMatrix>),
+}
+
+impl Weight {
+    fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
+        // CANDLE_DEQUANTIZE_ALL asks for f32 weights everywhere; honour it so that switch means the
+        // same for us as for candle (tests use it to compare without activation re-quantization).
+        let dequantize_all =
+            std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        if Int8BlockMatrix::supports(t.dtype()) && t.device().is_cpu() && !dequantize_all {
+            Ok(Self::Int8Blocks(Arc::new(Int8BlockMatrix::from_qtensor(
+                &t,
+            )?)))
+        } else {
+            Ok(Self::Candle(QMatMul::from_arc(t)?))
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(w) => w.forward(x),
+            Self::Int8Blocks(w) => w.forward(x),
+        }
+    }
+}
+
 /// `y = x Wᵀ (+ b)` over dense or quantized weights.
 #[derive(Debug, Clone)]
 struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn dense(vb: &VarBuilder, out_dim: usize, in_dim: usize, with_bias: bool) -> Result<Self> {
-        let weight = QMatMul::Tensor(vb.get((out_dim, in_dim), "weight")?);
+        let weight = Weight::Candle(QMatMul::Tensor(vb.get((out_dim, in_dim), "weight")?));
         let bias = with_bias.then(|| vb.get(out_dim, "bias")).transpose()?;
         Ok(Self { weight, bias })
     }
@@ -69,7 +101,7 @@ impl<R: Read + Seek> GgufTensors<'_, R> {
     }
 
     fn linear(&mut self, prefix: &str, name: &str, with_bias: bool) -> Result<Linear> {
-        let weight = QMatMul::from_arc(self.quantized(&format!("{prefix}.{name}.weight"))?)?;
+        let weight = Weight::from_qtensor(self.quantized(&format!("{prefix}.{name}.weight"))?)?;
         let bias = with_bias
             .then(|| self.dense(&format!("{prefix}.{name}.bias")))
             .transpose()?;
@@ -109,7 +141,7 @@ pub struct Qwen2 {
     embed_tokens: QMatMul,
     layers: Vec<Layer>,
     final_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Weight,
     rope: RopeTables,
     /// Activation dtype: f32 on CPU, bf16/f16 on GPUs.
     dtype: DType,
@@ -121,7 +153,10 @@ impl Qwen2 {
     /// Builds the model from Hugging Face tensor names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
     pub fn from_var_builder(config: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
-        let (q_dim, kv_dim) = (config.num_attention_heads * config.head_dim(), config.kv_dim());
+        let (q_dim, kv_dim) = (
+            config.num_attention_heads * config.head_dim(),
+            config.kv_dim(),
+        );
         let m = vb.pp("model");
         let embed = m.pp("embed_tokens").get((config.vocab_size, h), "weight")?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -151,7 +186,7 @@ impl Qwen2 {
             embed_tokens: QMatMul::Tensor(embed),
             layers,
             final_norm: m.pp("norm").get(h, "weight")?,
-            lm_head: QMatMul::Tensor(lm_head),
+            lm_head: Weight::Candle(QMatMul::Tensor(lm_head)),
             rope: RopeTables::new(config, vb.device())?,
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -191,9 +226,9 @@ impl Qwen2 {
             });
         }
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
-            QMatMul::from_arc(g.quantized("output.weight")?)?
+            Weight::from_qtensor(g.quantized("output.weight")?)?
         } else {
-            QMatMul::from_arc(embed.clone())?
+            Weight::from_qtensor(embed.clone())?
         };
         let final_norm = g.dense("output_norm.weight")?;
         Ok(Self {

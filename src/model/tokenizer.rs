@@ -46,7 +46,11 @@ fn template_source(v: &Option<serde_json::Value>) -> Option<String> {
 }
 
 impl ModelTokenizer {
-    pub fn new(tokenizer: Tokenizer, eos_ids: Vec<u32>, chat_template: Option<ChatTemplate>) -> Self {
+    pub fn new(
+        tokenizer: Tokenizer,
+        eos_ids: Vec<u32>,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
         Self {
             tokenizer,
             eos_ids,
@@ -88,9 +92,12 @@ impl ModelTokenizer {
     }
 
     /// The tokenizer from a side `tokenizer.json`, EOS and chat template from GGUF metadata.
-    pub fn from_gguf_with_tokenizer_file(content: &gguf_file::Content, file: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(file)
-            .map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
+    pub fn from_gguf_with_tokenizer_file(
+        content: &gguf_file::Content,
+        file: &Path,
+    ) -> Result<Self> {
+        let tokenizer =
+            Tokenizer::from_file(file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
         Self::with_gguf_metadata(tokenizer, content)
     }
 

@@ -94,31 +94,77 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
         "torch_dtype": "float32",
         "eos_token_id": 1
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
 
     let mut rng = SplitMix(spec.seed);
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let (h, i) = (spec.hidden, spec.intermediate);
-    t.insert("model.embed_tokens.weight".into(), random(&mut rng, &[spec.vocab, h], 1.0));
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        random(&mut rng, &[spec.vocab, h], 1.0),
+    );
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
         let s = 1.0 / (h as f32).sqrt();
-        t.insert(format!("{p}.input_layernorm.weight"), norm_weight(&mut rng, h));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), norm_weight(&mut rng, h));
-        t.insert(format!("{p}.self_attn.q_proj.weight"), random(&mut rng, &[spec.heads * d, h], 2.0 * s));
-        t.insert(format!("{p}.self_attn.q_proj.bias"), random(&mut rng, &[spec.heads * d], 0.2));
-        t.insert(format!("{p}.self_attn.k_proj.weight"), random(&mut rng, &[spec.kv_heads * d, h], 2.0 * s));
-        t.insert(format!("{p}.self_attn.k_proj.bias"), random(&mut rng, &[spec.kv_heads * d], 0.2));
-        t.insert(format!("{p}.self_attn.v_proj.weight"), random(&mut rng, &[spec.kv_heads * d, h], s));
-        t.insert(format!("{p}.self_attn.v_proj.bias"), random(&mut rng, &[spec.kv_heads * d], 0.2));
-        t.insert(format!("{p}.self_attn.o_proj.weight"), random(&mut rng, &[h, spec.heads * d], s));
-        t.insert(format!("{p}.mlp.gate_proj.weight"), random(&mut rng, &[i, h], s));
-        t.insert(format!("{p}.mlp.up_proj.weight"), random(&mut rng, &[i, h], s));
-        t.insert(format!("{p}.mlp.down_proj.weight"), random(&mut rng, &[h, i], 1.0 / (i as f32).sqrt()));
+        t.insert(
+            format!("{p}.input_layernorm.weight"),
+            norm_weight(&mut rng, h),
+        );
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            norm_weight(&mut rng, h),
+        );
+        t.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            random(&mut rng, &[spec.heads * d, h], 2.0 * s),
+        );
+        t.insert(
+            format!("{p}.self_attn.q_proj.bias"),
+            random(&mut rng, &[spec.heads * d], 0.2),
+        );
+        t.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            random(&mut rng, &[spec.kv_heads * d, h], 2.0 * s),
+        );
+        t.insert(
+            format!("{p}.self_attn.k_proj.bias"),
+            random(&mut rng, &[spec.kv_heads * d], 0.2),
+        );
+        t.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            random(&mut rng, &[spec.kv_heads * d, h], s),
+        );
+        t.insert(
+            format!("{p}.self_attn.v_proj.bias"),
+            random(&mut rng, &[spec.kv_heads * d], 0.2),
+        );
+        t.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            random(&mut rng, &[h, spec.heads * d], s),
+        );
+        t.insert(
+            format!("{p}.mlp.gate_proj.weight"),
+            random(&mut rng, &[i, h], s),
+        );
+        t.insert(
+            format!("{p}.mlp.up_proj.weight"),
+            random(&mut rng, &[i, h], s),
+        );
+        t.insert(
+            format!("{p}.mlp.down_proj.weight"),
+            random(&mut rng, &[h, i], 1.0 / (i as f32).sqrt()),
+        );
     }
     t.insert("model.norm.weight".into(), norm_weight(&mut rng, h));
     if !spec.tie_embeddings {
-        t.insert("lm_head.weight".into(), random(&mut rng, &[spec.vocab, h], spec.head_scale));
+        t.insert(
+            "lm_head.weight".into(),
+            random(&mut rng, &[spec.vocab, h], spec.head_scale),
+        );
     }
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
 
@@ -146,7 +192,11 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
         "eos_token": "</s>",
         "chat_template": "{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     });
-    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
@@ -163,7 +213,8 @@ pub struct Oracle {
 impl Oracle {
     pub fn new(dir: &Path) -> Self {
         let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
         let get = |k: &str| cfg[k].as_u64().unwrap() as usize;
         let config = candle_transformers::models::qwen2::Config {
             vocab_size: get("vocab_size"),
@@ -183,11 +234,18 @@ impl Oracle {
             hidden_act: candle_nn::Activation::Silu,
         };
         let file = dir.join("model.safetensors");
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu).unwrap() };
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu).unwrap()
+        };
         let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((config.vocab_size, config.hidden_size), "lm_head.weight").unwrap()
+            vb.get((config.vocab_size, config.hidden_size), "lm_head.weight")
+                .unwrap()
         } else {
-            vb.get((config.vocab_size, config.hidden_size), "model.embed_tokens.weight").unwrap()
+            vb.get(
+                (config.vocab_size, config.hidden_size),
+                "model.embed_tokens.weight",
+            )
+            .unwrap()
         };
         let model = candle_transformers::models::qwen2::Model::new(&config, vb).unwrap();
         Self { model, lm_head }
@@ -196,24 +254,50 @@ impl Oracle {
     /// Logits at every position of `tokens`, computed from scratch.
     pub fn logits(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
         self.model.clear_kv_cache();
-        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let hidden = self.model.forward(&input, 0, None).unwrap().squeeze(0).unwrap();
-        hidden.matmul(&self.lm_head.t().unwrap()).unwrap().to_vec2().unwrap()
+        let input = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = self
+            .model
+            .forward(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        hidden
+            .matmul(&self.lm_head.t().unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap()
     }
 
     /// log-softmax at every position.
     pub fn log_probs(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
         self.model.clear_kv_cache();
-        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let hidden = self.model.forward(&input, 0, None).unwrap().squeeze(0).unwrap();
+        let input = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = self
+            .model
+            .forward(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let logits = hidden.matmul(&self.lm_head.t().unwrap()).unwrap();
-        candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().to_vec2().unwrap()
+        candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
     }
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Directory of the real small GGUF model, or `None` (with a clear message) when it is absent.
@@ -222,7 +306,8 @@ pub fn real_model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("RMR1_TEST_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rmr1/test-model")
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/rmr1/test-model")
         });
     if dir.join("model.gguf").exists() && dir.join("tokenizer.json").exists() {
         return Some(dir);

@@ -117,8 +117,8 @@ impl PagedAttention for CpuPagedAttention {
                     let qh = &q[(row * self.num_heads + head) * d..][..d];
                     let mut max = f32::NEG_INFINITY;
                     for (p, score) in scores.iter_mut().enumerate() {
-                        let slot = span.block_table[p / block_size] as usize * block_size
-                            + p % block_size;
+                        let slot =
+                            span.block_table[p / block_size] as usize * block_size + p % block_size;
                         let kh = &cache.k[slot * width + g * d..][..d];
                         let dot: f32 = qh.iter().zip(kh).map(|(a, b)| a * b).sum();
                         *score = dot * scale;
@@ -131,8 +131,8 @@ impl PagedAttention for CpuPagedAttention {
                     }
                     let o = &mut out[h * d..(h + 1) * d];
                     for (p, &w) in scores.iter().enumerate() {
-                        let slot = span.block_table[p / block_size] as usize * block_size
-                            + p % block_size;
+                        let slot =
+                            span.block_table[p / block_size] as usize * block_size + p % block_size;
                         let vh = &cache.v[slot * width + g * d..][..d];
                         let w = w / sum;
                         for (o, &x) in o.iter_mut().zip(vh) {
