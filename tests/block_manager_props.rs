@@ -45,7 +45,7 @@ struct Live {
 }
 
 fn check_invariants(bm: &BlockManager, live: &HashMap<SeqId, Live>) {
-    let mut holders = vec![0u32; BLOCKS];
+    let mut holders = [0u32; BLOCKS];
     for (&id, l) in live {
         let table = bm.block_table(id);
         assert!(

@@ -65,8 +65,8 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
             .to_vec1()
             .unwrap();
         let mut batch = ForwardBatch::default();
-        for p in start..seq.len() {
-            batch.tokens.push(seq[p]);
+        for (p, &token) in seq.iter().enumerate().skip(start) {
+            batch.tokens.push(token);
             batch.positions.push(p as u32);
             batch.attention.slot_mapping.push(blocks.slot(0, p));
         }

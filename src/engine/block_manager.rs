@@ -164,7 +164,7 @@ impl BlockManager {
         total_tokens: usize,
     ) -> usize {
         let table = &self.tables[&seq].blocks;
-        let cow = first_new % self.block_size != 0
+        let cow = !first_new.is_multiple_of(self.block_size)
             && table
                 .get(first_new / self.block_size)
                 .is_some_and(|&b| self.pool.ref_count(b) > 1);
@@ -185,7 +185,7 @@ impl BlockManager {
         }
         let mut copies = Vec::new();
         let idx = first_new / self.block_size;
-        let needs_cow = first_new % self.block_size != 0
+        let needs_cow = !first_new.is_multiple_of(self.block_size)
             && self.tables[&seq]
                 .blocks
                 .get(idx)

@@ -123,8 +123,10 @@ impl Qwen2Config {
     fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.hidden_size % self.num_attention_heads != 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             bail!(
                 "inconsistent attention shape: hidden {} heads {} kv heads {}",

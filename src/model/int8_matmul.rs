@@ -75,7 +75,7 @@ impl Int8BlockMatrix {
 
     pub fn from_qtensor(t: &QTensor) -> Result<Self> {
         let (rows, cols) = t.shape().dims2()?;
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             bail!("{cols} columns are not a multiple of {BLOCK}");
         }
         let data = t.data()?;

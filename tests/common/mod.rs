@@ -233,9 +233,9 @@ impl Oracle {
             use_sliding_window: false,
             hidden_act: candle_nn::Activation::Silu,
         };
-        let file = dir.join("model.safetensors");
+        let files = rmr1::model::loader::safetensors_files(dir).unwrap();
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu).unwrap()
+            VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu).unwrap()
         };
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             vb.get((config.vocab_size, config.hidden_size), "lm_head.weight")
