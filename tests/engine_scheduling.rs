@@ -265,3 +265,74 @@ fn soak_of_random_requests_through_a_tiny_pool_matches_solo_runs() {
         "only {checked} requests were left uncancelled"
     );
 }
+
+#[test]
+fn group_samples_share_the_prompt_and_match_solo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinySpec::default());
+    let config = EngineConfig {
+        block_size: 16,
+        num_blocks: Some(32),
+        ..EngineConfig::default()
+    };
+    let sampled = |seed| SamplingParams {
+        temperature: 1.0,
+        seed: Some(seed),
+        max_new_tokens: 12,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    // 21 prompt tokens: the second block is partial, so the samples' first decode writes diverge
+    // inside a shared block and must copy it.
+    let prompt = tokens(77, 21, 96);
+
+    let mut group = core(dir.path(), config.clone());
+    let mut rxs = Vec::new();
+    let mut txs = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = unbounded_channel();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    group.add_group(
+        GenerateRequest {
+            prompt_tokens: prompt.clone(),
+            sampling: sampled(10),
+        },
+        txs,
+    );
+    while group.has_work() {
+        group.step().unwrap();
+    }
+    // The prompt went through the model once; afterwards one token per sample per step.
+    let computed = group
+        .stats()
+        .step_tokens
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(computed, 21 + 4 * 11);
+    assert_eq!(group.scheduler().blocks().num_free(), 32);
+
+    let mut outputs = Vec::new();
+    for rx in rxs.iter_mut() {
+        outputs.push(collect(rx).expect("sample finished").0);
+    }
+    assert!(
+        outputs.iter().any(|o| o != &outputs[0]),
+        "different seeds should diverge"
+    );
+    for (i, got) in outputs.iter().enumerate() {
+        let mut solo = core(dir.path(), config.clone());
+        let (tx, mut rx) = unbounded_channel();
+        solo.add_request(
+            GenerateRequest {
+                prompt_tokens: prompt.clone(),
+                sampling: sampled(10 + i as u64),
+            },
+            tx,
+        );
+        while solo.has_work() {
+            solo.step().unwrap();
+        }
+        assert_eq!(got, &collect(&mut rx).unwrap().0, "sample {i}");
+    }
+}

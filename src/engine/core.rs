@@ -47,7 +47,15 @@ impl Default for EngineConfig {
     }
 }
 
+/// A sample of a group waiting for the group's first sequence to finish the shared prompt.
+struct PendingFork {
+    id: SeqId,
+    request: GenerateRequest,
+    events: UnboundedSender<EngineEvent>,
+}
+
 pub struct EngineCore {
+    pending_forks: HashMap<SeqId, Vec<PendingFork>>,
     model: Qwen2,
     attention: Box<dyn PagedAttention>,
     tokenizer: Arc<Tokenizer>,
@@ -110,6 +118,7 @@ impl EngineCore {
                 BlockManager::new(shape.num_blocks, shape.block_size),
             ),
             seqs: HashMap::new(),
+            pending_forks: HashMap::new(),
             next_id: 0,
             max_model_len,
             seed: config.seed,
@@ -159,7 +168,51 @@ impl EngineCore {
         id
     }
 
+    /// `n` samples of one prompt (GRPO rollouts, both-orders judging). The prompt is computed once:
+    /// when the first sample's prefill completes, the others fork its KV blocks (shared, copy-on-write)
+    /// and each draws from the same first distribution with its own seed (`seed + i`).
+    pub fn add_group(
+        &mut self,
+        request: GenerateRequest,
+        events: Vec<UnboundedSender<EngineEvent>>,
+    ) -> Vec<SeqId> {
+        let mut events = events.into_iter();
+        let Some(first) = events.next() else {
+            return Vec::new();
+        };
+        let base_seed = request.sampling.seed;
+        let parent = self.add_request(request.clone(), first);
+        let mut ids = vec![parent];
+        let mut children = Vec::new();
+        for (i, tx) in events.enumerate() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut child = request.clone();
+            child.sampling.seed = Some(match base_seed {
+                Some(s) => s.wrapping_add(i as u64 + 1),
+                None => self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            });
+            children.push(PendingFork {
+                id,
+                request: child,
+                events: tx,
+            });
+            ids.push(id);
+        }
+        if !children.is_empty() {
+            self.pending_forks.insert(parent, children);
+        }
+        ids
+    }
+
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
+        // Siblings still waiting for this sequence's prefill run on their own instead (their prompt
+        // blocks will mostly come from the prefix cache).
+        for child in self.pending_forks.remove(&id).unwrap_or_default() {
+            let seq = Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
+            self.seqs.insert(child.id, seq);
+            self.scheduler.enqueue(child.id);
+        }
         self.scheduler.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
             seq.finish(reason);
@@ -169,6 +222,9 @@ impl EngineCore {
 
     /// Stops sequences whose caller dropped the event stream and frees their blocks.
     fn reap_cancelled(&mut self) {
+        for pending in self.pending_forks.values_mut() {
+            pending.retain(|c| !c.events.is_closed());
+        }
         let gone: Vec<SeqId> = self
             .seqs
             .values()
@@ -219,18 +275,35 @@ impl EngineCore {
         };
 
         let mut rows = logits.iter();
-        let blocks = self.scheduler.blocks_mut();
         let mut finished = Vec::new();
         for s in &schedule.scheduled {
             let seq = self.seqs.get_mut(&s.id).expect("scheduled sequence exists");
             seq.num_computed += s.num_tokens;
-            blocks.register_computed(s.id, &seq.tokens, seq.num_computed);
+            self.scheduler
+                .blocks_mut()
+                .register_computed(s.id, &seq.tokens, seq.num_computed);
             if seq.num_uncomputed() == 0 {
                 let row = rows.next().expect("one logits row per sampling sequence");
+                let mut forked = Vec::new();
+                for child in self.pending_forks.remove(&s.id).unwrap_or_default() {
+                    let mut c =
+                        Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
+                    c.adopt_progress(seq);
+                    forked.push(c);
+                }
                 if let Progress::Finished(reason) =
                     seq.accept_logits(row, &self.tokenizer, self.max_model_len)
                 {
                     finished.push((s.id, reason));
+                }
+                for mut child in forked {
+                    self.scheduler.adopt_fork(s.id, child.id);
+                    if let Progress::Finished(reason) =
+                        child.accept_logits(row, &self.tokenizer, self.max_model_len)
+                    {
+                        finished.push((child.id, reason));
+                    }
+                    self.seqs.insert(child.id, child);
                 }
             }
         }

@@ -34,6 +34,7 @@ pub enum SubmitError {
 
 enum Command {
     Submit(GenerateRequest, UnboundedSender<EngineEvent>),
+    SubmitGroup(GenerateRequest, Vec<UnboundedSender<EngineEvent>>),
 }
 
 /// Limits a request is checked against before it is queued.
@@ -152,20 +153,43 @@ impl EngineHandle {
     }
 
     pub fn submit(&self, request: GenerateRequest) -> Result<RequestStream, SubmitError> {
+        let mut streams = self.submit_n(request, 1)?;
+        Ok(streams.remove(0))
+    }
+
+    /// `n` samples of one prompt, computed once and shared copy-on-write (see
+    /// [`EngineCore::add_group`]); sample `i` draws with seed `seed + i`.
+    pub fn submit_n(
+        &self,
+        request: GenerateRequest,
+        n: usize,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
         self.validate(&request)?;
-        let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        let slot = PendingSlot(self.pending.clone());
-        if before >= self.limits.max_pending_requests {
+        if n == 0 {
+            return Err(SubmitError::InvalidParams("n is 0".into()));
+        }
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        let slots: Vec<PendingSlot> = (0..n).map(|_| PendingSlot(self.pending.clone())).collect();
+        if before + n > self.limits.max_pending_requests {
             return Err(SubmitError::QueueFull(before));
         }
-        let (tx, rx) = unbounded_channel();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded_channel()).unzip();
+        let command = if n == 1 {
+            Command::Submit(request, senders.into_iter().next().expect("one sender"))
+        } else {
+            Command::SubmitGroup(request, senders)
+        };
         self.commands
-            .send(Command::Submit(request, tx))
+            .send(command)
             .map_err(|_| SubmitError::EngineStopped)?;
-        Ok(RequestStream {
-            events: rx,
-            _slot: slot,
-        })
+        Ok(receivers
+            .into_iter()
+            .zip(slots)
+            .map(|(events, slot)| RequestStream {
+                events,
+                _slot: slot,
+            })
+            .collect())
     }
 }
 
@@ -191,6 +215,9 @@ fn run(mut core: EngineCore, commands: mpsc::Receiver<Command>) {
             match command {
                 Command::Submit(request, events) => {
                     core.add_request(request, events);
+                }
+                Command::SubmitGroup(request, events) => {
+                    core.add_group(request, events);
                 }
             }
         }

@@ -80,6 +80,12 @@ impl Scheduler {
         self.waiting.push_back(id);
     }
 
+    /// Starts `child` as a running sequence sharing all of `parent`'s blocks (copy-on-write).
+    pub fn adopt_fork(&mut self, parent: SeqId, child: SeqId) {
+        self.blocks.fork(parent, child);
+        self.running.push(child);
+    }
+
     /// Forgets a sequence wherever it is and returns its blocks.
     pub fn remove(&mut self, id: SeqId) {
         self.waiting.retain(|&s| s != id);

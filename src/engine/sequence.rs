@@ -70,6 +70,16 @@ impl Sequence {
         }
     }
 
+    /// Takes over what `parent` (same prompt) has computed and when it was scheduled: used when a
+    /// group sample forks its sibling's prompt instead of computing it.
+    pub fn adopt_progress(&mut self, parent: &Sequence) {
+        debug_assert_eq!(self.tokens, parent.tokens);
+        self.num_computed = parent.num_computed;
+        self.cached_tokens = parent.cached_tokens;
+        self.arrival = parent.arrival;
+        self.first_scheduled = parent.first_scheduled;
+    }
+
     pub fn num_generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
