@@ -251,8 +251,8 @@ impl Oracle {
         Self { model, lm_head }
     }
 
-    /// Logits at every position of `tokens`, computed from scratch.
-    pub fn logits(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
+    /// Logits tensor `[len, vocab]` at every position of `tokens`, computed from scratch.
+    fn logits_tensor(&mut self, tokens: &[u32]) -> Tensor {
         self.model.clear_kv_cache();
         let input = Tensor::new(tokens, &Device::Cpu)
             .unwrap()
@@ -264,27 +264,17 @@ impl Oracle {
             .unwrap()
             .squeeze(0)
             .unwrap();
-        hidden
-            .matmul(&self.lm_head.t().unwrap())
-            .unwrap()
-            .to_vec2()
-            .unwrap()
+        hidden.matmul(&self.lm_head.t().unwrap()).unwrap()
+    }
+
+    /// Logits at every position of `tokens`.
+    pub fn logits(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        self.logits_tensor(tokens).to_vec2().unwrap()
     }
 
     /// log-softmax at every position.
     pub fn log_probs(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
-        self.model.clear_kv_cache();
-        let input = Tensor::new(tokens, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let hidden = self
-            .model
-            .forward(&input, 0, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        let logits = hidden.matmul(&self.lm_head.t().unwrap()).unwrap();
+        let logits = self.logits_tensor(tokens);
         candle_nn::ops::log_softmax(&logits, D::Minus1)
             .unwrap()
             .to_vec2()
