@@ -145,7 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ..EngineConfig::default()
         },
     )?;
-    let threads = rayon::current_num_threads();
+    let threads = candle_core::utils::get_num_threads();
     println!(
         "rmr1 bench: {} on CPU ({threads} threads), prefill P={}, decode P={} G={}",
         args.model, args.prompt_tokens, args.decode_prompt_tokens, args.new_tokens

@@ -10,14 +10,12 @@
 //! ggml's Q8_0 (what candle does too); the integer dot of each block is exact, and block results are
 //! accumulated in eight f32 lanes, so results differ from candle's scalar sum only by f32 rounding.
 
+use super::parallel::{parallel_for, SharedMut};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Device, Result, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
 const BLOCK: usize = 32;
-/// Output columns per parallel work item.
-const COLUMN_TILE: usize = 16;
 /// Activation rows that share one decode of a weight block.
 const ROW_TILE: usize = 8;
 
@@ -160,16 +158,16 @@ impl Int8BlockMatrix {
         let x: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
         let xq = quantize_activations(&x);
         let n = self.rows;
-        // Column-major scratch so each work item owns a contiguous slice.
+        // Column-major scratch so each column's outputs are one contiguous slice.
         let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(COLUMN_TILE * m)
-            .enumerate()
-            .for_each(|(tile, out)| {
-                for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
-                    self.dot_rows(tile * COLUMN_TILE + c, &xq, col_out);
-                }
-            });
+        let shared = SharedMut::new(&mut out_t);
+        parallel_for(n, |cols| {
+            for col in cols {
+                // Safety: every column index is handed out exactly once.
+                let col_out = unsafe { shared.slice(col * m, m) };
+                self.dot_rows(col, &xq, col_out);
+            }
+        });
         let mut out = vec![0f32; m * n];
         for (col, column) in out_t.chunks_exact(m).enumerate() {
             for (row, &v) in column.iter().enumerate() {

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod config;
 pub mod int8_matmul;
 pub mod loader;
+pub mod parallel;
 pub mod qwen2;
 pub mod rope;
 pub mod tokenizer;

@@ -4,8 +4,8 @@
 //! oracle the CUDA kernels are checked against.
 
 use super::{AttentionBatch, BlockId, CacheShape, PagedAttention};
+use crate::model::parallel::{parallel_for, SharedMut};
 use candle_core::{bail, DType, Device, Result, Tensor};
-use rayon::prelude::*;
 
 struct LayerCache {
     k: Vec<f32>,
@@ -106,12 +106,17 @@ impl PagedAttention for CpuPagedAttention {
         let cache = &*cache;
         let scale = self.scale;
         let block_size = s.block_size;
-        let outputs: Vec<Vec<f32>> = items
-            .par_iter()
-            .map(|&(span, row, position, g)| {
+        let mut result = vec![0.0f32; n * self.num_heads * d];
+        let shared = SharedMut::new(&mut result);
+        parallel_for(items.len(), |range| {
+            let mut scores = Vec::new();
+            for &(span, row, position, g) in &items[range] {
+                // Safety: each (row, kv head) item owns the output of its `groups` query heads.
+                let out =
+                    unsafe { shared.slice((row * self.num_heads + g * groups) * d, groups * d) };
                 let ctx = position + 1;
-                let mut out = vec![0.0f32; groups * d];
-                let mut scores = vec![0.0f32; ctx];
+                scores.clear();
+                scores.resize(ctx, 0.0f32);
                 for h in 0..groups {
                     let head = g * groups + h;
                     let qh = &q[(row * self.num_heads + head) * d..][..d];
@@ -130,6 +135,7 @@ impl PagedAttention for CpuPagedAttention {
                         sum += *score;
                     }
                     let o = &mut out[h * d..(h + 1) * d];
+                    o.fill(0.0);
                     for (p, &w) in scores.iter().enumerate() {
                         let slot =
                             span.block_table[p / block_size] as usize * block_size + p % block_size;
@@ -140,15 +146,8 @@ impl PagedAttention for CpuPagedAttention {
                         }
                     }
                 }
-                out
-            })
-            .collect();
-
-        let mut result = vec![0.0f32; n * self.num_heads * d];
-        for (&(_, row, _, g), out) in items.iter().zip(outputs) {
-            let start = (row * self.num_heads + g * groups) * d;
-            result[start..start + groups * d].copy_from_slice(&out);
-        }
+            }
+        });
         Tensor::from_vec(result, (n, self.num_heads * d), &Device::Cpu)
     }
 
