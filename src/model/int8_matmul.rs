@@ -158,22 +158,19 @@ impl Int8BlockMatrix {
         let x: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
         let xq = quantize_activations(&x);
         let n = self.rows;
-        // Column-major scratch so each column's outputs are one contiguous slice.
-        let mut out_t = vec![0f32; n * m];
-        let shared = SharedMut::new(&mut out_t);
+        let mut out = vec![0f32; m * n];
+        let shared = SharedMut::new(&mut out);
         parallel_for(n, |cols| {
+            let mut column = vec![0f32; m];
             for col in cols {
-                // Safety: every column index is handed out exactly once.
-                let col_out = unsafe { shared.slice(col * m, m) };
-                self.dot_rows(col, &xq, col_out);
+                self.dot_rows(col, &xq, &mut column);
+                for (row, &v) in column.iter().enumerate() {
+                    // Safety: every column index is handed out exactly once, so each output
+                    // element is written by one work item.
+                    unsafe { shared.write(row * n + col, v) };
+                }
             }
         });
-        let mut out = vec![0f32; m * n];
-        for (col, column) in out_t.chunks_exact(m).enumerate() {
-            for (row, &v) in column.iter().enumerate() {
-                out[row * n + col] = v;
-            }
-        }
         Tensor::from_vec(out, (m, n), &Device::Cpu)
     }
 

@@ -30,6 +30,15 @@ impl<T> SharedMut<T> {
         }
     }
 
+    /// `buffer[index] = value`.
+    ///
+    /// # Safety
+    /// No other work item may access `index` during the parallel section.
+    pub unsafe fn write(&self, index: usize, value: T) {
+        assert!(index < self.len, "write out of bounds");
+        *self.ptr.add(index) = value;
+    }
+
     /// `buffer[start..start + len]`.
     ///
     /// # Safety
