@@ -123,10 +123,6 @@ impl BlockPool {
         self.cached.insert(hash, block);
     }
 
-    pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        self.hashes[block as usize]
-    }
-
     /// Fraction of blocks held by live sequences (cached-but-free blocks count as free).
     pub fn usage(&self) -> f64 {
         if self.num_blocks() == 0 {

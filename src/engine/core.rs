@@ -142,10 +142,6 @@ impl EngineCore {
         &self.scheduler
     }
 
-    pub fn attention(&self) -> &dyn PagedAttention {
-        self.attention.as_ref()
-    }
-
     pub fn has_work(&self) -> bool {
         !self.scheduler.is_idle()
     }

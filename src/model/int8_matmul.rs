@@ -128,10 +128,6 @@ impl Int8BlockMatrix {
         })
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// The 32 integers of block `b` (counting over the whole matrix), for the portable path and tests.
     fn block(&self, b: usize) -> [i8; BLOCK] {
         let mut out = [0i8; BLOCK];

@@ -37,10 +37,6 @@ impl RopeTables {
         })
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
-    }
-
     /// Rows of the tables for each token's position: `([n, d/2], [n, d/2])`.
     pub fn gather(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
