@@ -8,9 +8,6 @@
 
 mod common;
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_qwen2::ModelWeights;
 use rmr1::engine::block_manager::BlockManager;
 use rmr1::model::attention::cpu::CpuPagedAttention;
 use rmr1::model::chat_template::ChatMessage;
@@ -25,9 +22,7 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
     let gguf = dir.join("model.gguf");
     let loaded = model::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let cfg = loaded.model.config().clone();
-    let mut file = std::fs::File::open(&gguf).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut reference = common::GgufOracle::new(&gguf);
 
     let text = loaded
         .tokenizer
@@ -53,17 +48,7 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
     let (mut start, mut worst) = (0usize, 0f32);
     for step in 0..9 {
         let input = &seq[start..];
-        let x = Tensor::new(input, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let theirs: Vec<f32> = reference
-            .forward(&x, start)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let theirs = reference.step(input, start);
         let mut batch = ForwardBatch::default();
         for (p, &token) in seq.iter().enumerate().skip(start) {
             batch.tokens.push(token);

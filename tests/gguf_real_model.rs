@@ -5,8 +5,6 @@
 mod common;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_qwen2::ModelWeights;
 use rmr1::engine::{EngineConfig, EngineCore, EngineEvent, GenerateRequest, SamplingParams};
 use rmr1::model::chat_template::ChatMessage;
 use rmr1::model::{self, LoadOptions, ModelTokenizer};
@@ -38,25 +36,13 @@ fn chat_tokens(tok: &ModelTokenizer, prompt: &str) -> Vec<u32> {
 
 /// Greedy continuation by candle-transformers, with the gap between the two best logits per step.
 fn reference_greedy(gguf: &Path, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut file = std::fs::File::open(gguf).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut model = common::GgufOracle::new(gguf);
     let mut out = Vec::new();
     let mut gaps = Vec::new();
     let mut input = prompt.to_vec();
     let mut pos = 0;
     for _ in 0..n {
-        let x = Tensor::new(input.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits: Vec<f32> = model
-            .forward(&x, pos)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = model.step(&input, pos);
         pos += input.len();
         let next = rmr1::engine::sampler::argmax(&logits);
         let mut sorted = logits.clone();

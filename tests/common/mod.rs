@@ -282,6 +282,41 @@ impl Oracle {
     }
 }
 
+/// candle-transformers' `quantized_qwen2` over a GGUF file: the independent reference for GGUF.
+pub struct GgufOracle {
+    model: candle_transformers::models::quantized_qwen2::ModelWeights,
+}
+
+impl GgufOracle {
+    pub fn new(gguf: &Path) -> Self {
+        let mut file = std::fs::File::open(gguf).unwrap();
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+        let model = candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
+            content,
+            &mut file,
+            &Device::Cpu,
+        )
+        .unwrap();
+        Self { model }
+    }
+
+    /// Feeds `input` at position `pos` (its KV cache continues from earlier calls) and returns the
+    /// logits after its last token.
+    pub fn step(&mut self, input: &[u32], pos: usize) -> Vec<f32> {
+        let x = Tensor::new(input, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        self.model
+            .forward(&x, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
