@@ -3,6 +3,10 @@
 //! Layers, each depending only on the ones below: `engine` (continuous batching, paged KV cache,
 //! sampling) over `model` (tensors: Qwen2 forward, weight loading, attention backends).
 
+pub mod api;
 pub mod bench;
 pub mod engine;
+pub mod judge;
+pub mod metrics;
 pub mod model;
+pub mod serving_args;

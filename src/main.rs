@@ -1,14 +1,9 @@
 //! The `rmr1` command line.
 
-use anyhow::{Context, Result};
+mod cli;
+
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use rmr1::engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams};
-use rmr1::model::chat_template::ChatMessage;
-use rmr1::model::{self, LoadOptions};
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -23,38 +18,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve judgments over gRPC (JudgeService, ModelService, health, reflection) with
+    /// Prometheus metrics on their own port.
+    Serve(cli::serve::ServeArgs),
+    /// Send one judgment to a server and print it readably.
+    Judge(cli::judge::JudgeArgs),
     /// Generate text from a prompt with the engine (streams it, then prints tokens/s).
-    Generate(GenerateArgs),
-    /// CPU benchmark: prefill and decode throughput against candle-transformers' quantized Qwen2.
-    Bench(rmr1::bench::BenchArgs),
+    Generate(cli::generate::GenerateArgs),
+    /// Benchmarks that print tables.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-#[derive(clap::Args)]
-struct GenerateArgs {
-    /// A Hugging Face model directory, a GGUF file, or a hub id (owner/name[@revision]).
-    #[arg(long)]
-    model: String,
-    /// tokenizer.json to use instead of the model's own.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    #[arg(long)]
-    prompt: String,
-    /// Wrap the prompt as a user message in the model's chat template.
-    #[arg(long)]
-    chat: bool,
-    /// System message for --chat.
-    #[arg(long)]
-    system: Option<String>,
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    #[arg(long)]
-    seed: Option<u64>,
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// CPU engine throughput (prefill, decode at several concurrencies) against candle-transformers'
+    /// quantized Qwen2 in the same run.
+    Engine(rmr1::bench::engine::BenchArgs),
+    /// Judge requests over gRPC on loopback at several concurrencies: throughput, TTFT and latency
+    /// percentiles, prefix-cache hit rate.
+    Judge(rmr1::bench::judge::JudgeBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -66,84 +49,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Generate(args) => generate(args),
-        Command::Bench(args) => rmr1::bench::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Judge(args) => cli::judge::run(args),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
+        Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
     }
-}
-
-fn generate(args: GenerateArgs) -> Result<()> {
-    let loaded = model::load(
-        &args.model,
-        &LoadOptions {
-            tokenizer: args.tokenizer.clone(),
-            ..LoadOptions::default()
-        },
-    )?;
-    let tokenizer = &loaded.tokenizer;
-    let text = if args.chat {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", &args.prompt));
-        tokenizer.apply_chat_template(&messages, true)?
-    } else {
-        args.prompt.clone()
-    };
-    let prompt_tokens = tokenizer.encode(&text)?;
-    let engine = EngineHandle::start(
-        loaded.model,
-        Arc::new(tokenizer.inner().clone()),
-        tokenizer.eos_ids().to_vec(),
-        EngineConfig::default(),
-    )?;
-    let started = Instant::now();
-    let mut stream = engine
-        .submit(GenerateRequest {
-            prompt_tokens,
-            sampling: SamplingParams {
-                temperature: args.temperature,
-                top_p: args.top_p,
-                top_k: args.top_k,
-                seed: args.seed,
-                max_new_tokens: args.max_new_tokens,
-                ..SamplingParams::default()
-            },
-        })
-        .context("submitting the prompt")?;
-    let mut stdout = std::io::stdout();
-    let mut first_token = None;
-    while let Some(event) = stream.next_blocking() {
-        match event {
-            EngineEvent::Token(t) => {
-                first_token.get_or_insert_with(Instant::now);
-                write!(stdout, "{}", t.text)?;
-                stdout.flush()?;
-            }
-            EngineEvent::Finished(f) => {
-                writeln!(stdout, "{}", f.final_delta)?;
-                let decode_time = first_token
-                    .map(|t| t.elapsed().as_secs_f64())
-                    .unwrap_or_default();
-                let decode_rate = if f.usage.completion_tokens > 1 && decode_time > 0.0 {
-                    (f.usage.completion_tokens - 1) as f64 / decode_time
-                } else {
-                    0.0
-                };
-                eprintln!(
-                    "\n[{}] prompt {} tokens, generated {} tokens in {:.2}s; \
-                     time to first token {:.0} ms, decode {:.1} tokens/s",
-                    f.reason.as_str(),
-                    f.usage.prompt_tokens,
-                    f.usage.completion_tokens,
-                    started.elapsed().as_secs_f64(),
-                    f.timings.time_to_first_token.as_secs_f64() * 1e3,
-                    decode_rate
-                );
-                break;
-            }
-            EngineEvent::Error(e) => anyhow::bail!("generation failed: {e}"),
-        }
-    }
-    Ok(())
 }

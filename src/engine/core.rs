@@ -272,6 +272,7 @@ impl EngineCore {
 
         let mut rows = logits.iter();
         let mut finished = Vec::new();
+        let mut sampled = 0;
         for s in &schedule.scheduled {
             let seq = self.seqs.get_mut(&s.id).expect("scheduled sequence exists");
             seq.num_computed += s.num_tokens;
@@ -280,6 +281,7 @@ impl EngineCore {
                 .register_computed(s.id, &seq.tokens, seq.num_computed);
             if seq.num_uncomputed() == 0 {
                 let row = rows.next().expect("one logits row per sampling sequence");
+                sampled += 1 + self.pending_forks.get(&s.id).map_or(0, Vec::len);
                 let mut forked = Vec::new();
                 for child in self.pending_forks.remove(&s.id).unwrap_or_default() {
                     let mut c =
@@ -307,7 +309,7 @@ impl EngineCore {
             self.finish(id, reason);
         }
         self.stats
-            .record_step(batch.tokens.len(), started.elapsed());
+            .record_step(batch.tokens.len(), sampled, started.elapsed());
         self.stats
             .set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
         self.stats

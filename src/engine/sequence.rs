@@ -28,6 +28,8 @@ pub struct Sequence {
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// For the inter-token latency histogram.
+    last_token: Option<Instant>,
     pub preemptions: u32,
     pub cached_tokens: usize,
 }
@@ -65,6 +67,7 @@ impl Sequence {
             arrival: Instant::now(),
             first_scheduled: None,
             first_token: None,
+            last_token: None,
             preemptions: 0,
             cached_tokens: 0,
         }
@@ -117,7 +120,12 @@ impl Sequence {
             _ => None,
         };
         self.tokens.push(token);
-        self.first_token.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        if let Some(previous) = self.last_token.replace(now) {
+            metrics::histogram!(crate::metrics::INTER_TOKEN_LATENCY)
+                .record((now - previous).as_secs_f64());
+        }
+        self.first_token.get_or_insert(now);
 
         let is_stop_id = self.stop_ids.contains(&token);
         let pushed = if is_stop_id {
@@ -168,6 +176,27 @@ impl Sequence {
         // Text held back for a possible stop string turned out not to be one: it belongs to the output.
         let final_delta = self.detokenizer.flush();
         let now = Instant::now();
+        let timings = Timings {
+            queue: self
+                .first_scheduled
+                .map(|t| t - self.arrival)
+                .unwrap_or_default(),
+            time_to_first_token: self
+                .first_token
+                .map(|t| t - self.arrival)
+                .unwrap_or_default(),
+            total: now - self.arrival,
+            preemptions: self.preemptions,
+        };
+        if reason != FinishReason::Cancelled {
+            use crate::metrics as m;
+            metrics::histogram!(m::E2E_LATENCY).record(timings.total.as_secs_f64());
+            metrics::histogram!(m::QUEUE_TIME).record(timings.queue.as_secs_f64());
+            if self.first_token.is_some() {
+                metrics::histogram!(m::TIME_TO_FIRST_TOKEN)
+                    .record(timings.time_to_first_token.as_secs_f64());
+            }
+        }
         let _ = self.events.send(EngineEvent::Finished(Finished {
             reason,
             final_delta,
@@ -178,18 +207,7 @@ impl Sequence {
                 completion_tokens: self.num_generated(),
                 cached_tokens: self.cached_tokens,
             },
-            timings: Timings {
-                queue: self
-                    .first_scheduled
-                    .map(|t| t - self.arrival)
-                    .unwrap_or_default(),
-                time_to_first_token: self
-                    .first_token
-                    .map(|t| t - self.arrival)
-                    .unwrap_or_default(),
-                total: now - self.arrival,
-                preemptions: self.preemptions,
-            },
+            timings,
         }));
     }
 

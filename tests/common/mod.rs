@@ -20,6 +20,9 @@ pub struct TinySpec {
     /// Standard deviation of the output head: larger makes greedy choices clear-cut.
     pub head_scale: f32,
     pub seed: u64,
+    /// Make the last two words "A" and "B" (instead of w{vocab-2}, w{vocab-1}), so a judge over
+    /// this model has verdict tokens to report probabilities for.
+    pub verdict_words: bool,
 }
 
 impl Default for TinySpec {
@@ -35,6 +38,7 @@ impl Default for TinySpec {
             tie_embeddings: false,
             head_scale: 0.5,
             seed: 1,
+            verdict_words: false,
         }
     }
 }
@@ -173,7 +177,12 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
     vocab.insert("<unk>".into(), 0.into());
     vocab.insert("</s>".into(), 1.into());
     for k in 2..spec.vocab {
-        vocab.insert(format!("w{k}"), k.into());
+        let word = match k {
+            k if spec.verdict_words && k == spec.vocab - 2 => "A".to_string(),
+            k if spec.verdict_words && k == spec.vocab - 1 => "B".to_string(),
+            k => format!("w{k}"),
+        };
+        vocab.insert(word, k.into());
     }
     let tokenizer = serde_json::json!({
         "version": "1.0",
@@ -355,3 +364,4 @@ pub fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
         .map(|_| 2 + (rng.next_f32() * (vocab - 2) as f32) as u32 % (vocab as u32 - 2))
         .collect()
 }
+pub mod judge_server;

@@ -1,4 +1,4 @@
-//! `rmr1 bench`: CPU throughput of the engine on a GGUF model, with candle-transformers'
+//! `rmr1 bench engine`: CPU throughput of the engine on a GGUF model, with candle-transformers'
 //! `quantized_qwen2` measured in the same run as the reference. Prints a table; asserts nothing.
 
 use crate::engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams};

@@ -1,0 +1,296 @@
+//! `JudgeService`: unary, server-streaming and batch judgments, and ranking.
+//!
+//! Cancellation: a unary handler's future is dropped when the client cancels or its deadline
+//! passes, which drops the engine streams inside it. The streaming handlers run in tasks that
+//! watch their output channel and return (dropping their judgments) as soon as the client is gone.
+
+use super::convert;
+use super::proto::judge_service_server::JudgeService;
+use super::proto::{
+    self, judge_batch_result, judge_stream_event, BatchError, JudgeBatchResult, JudgeRequest,
+    JudgeResponse, JudgeStreamEvent, RankRequest, RankResponse, ReasoningDelta,
+};
+use super::registry::ModelRegistry;
+use super::status::from_judge_error;
+use crate::judge::ranking::default_strategy;
+use crate::judge::{PairInput, RankStrategy};
+use crate::metrics as m;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// Judgments one `JudgeBatch` stream keeps in flight; the stream is read no faster, so a client
+/// sending more is slowed by HTTP/2 flow control instead of refused.
+pub const MAX_BATCH_IN_FLIGHT: usize = 1024;
+/// Candidates one `Rank` call may compare.
+pub const MAX_RANK_CANDIDATES: usize = 64;
+
+pub struct JudgeApi {
+    pub registry: Arc<ModelRegistry>,
+}
+
+fn record_rpc(rpc: &'static str, started: Instant, result: &Result<impl Sized, Status>) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics::counter!(m::RPC_REQUESTS, "rpc" => rpc, "code" => format!("{code:?}")).increment(1);
+    metrics::histogram!(m::JUDGE_LATENCY, "rpc" => rpc).record(started.elapsed().as_secs_f64());
+}
+
+/// Validates and runs one judgment; shared by all three judge RPCs.
+async fn judge_one(
+    registry: &ModelRegistry,
+    request: &JudgeRequest,
+    deltas: Option<&crate::judge::pipeline::DeltaSink>,
+) -> Result<JudgeResponse, Status> {
+    let model = registry.get(&request.model)?;
+    let input = convert::pair_input(request)?;
+    let params = convert::judge_params(request.options.as_ref(), &model)?;
+    let report = model
+        .judge(&input, &params, deltas)
+        .await
+        .map_err(|e| from_judge_error(&e))?;
+    let include_reasoning = request
+        .options
+        .as_ref()
+        .is_some_and(|o| o.include_reasoning);
+    tracing::info!(
+        verdict = ?report.combined.verdict,
+        prob_a = ?report.combined.p_a,
+        completion_tokens = report.usage.completion_tokens,
+        seconds = report.elapsed.as_secs_f64(),
+        "judged"
+    );
+    Ok(convert::judge_response(
+        &request.request_id,
+        &model,
+        &report,
+        include_reasoning,
+    ))
+}
+
+#[tonic::async_trait]
+impl JudgeService for JudgeApi {
+    async fn judge(
+        &self,
+        request: Request<JudgeRequest>,
+    ) -> Result<Response<JudgeResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let span = tracing::info_span!("judge", request_id = %request.request_id);
+        let result = judge_one(&self.registry, &request, None)
+            .instrument(span)
+            .await;
+        record_rpc("Judge", started, &result);
+        result.map(Response::new)
+    }
+
+    type JudgeStreamStream = ReceiverStream<Result<JudgeStreamEvent, Status>>;
+
+    async fn judge_stream(
+        &self,
+        request: Request<JudgeRequest>,
+    ) -> Result<Response<Self::JudgeStreamStream>, Status> {
+        let request = request.into_inner();
+        // Fail fast (as a status, not a stream item) on what can be checked before generating.
+        let model = self.registry.get(&request.model)?;
+        convert::pair_input(&request)?;
+        convert::judge_params(request.options.as_ref(), &model)?;
+        let (tx, rx) = mpsc::channel(64);
+        let registry = self.registry.clone();
+        let span = tracing::info_span!("judge_stream", request_id = %request.request_id);
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
+                let work = judge_one(&registry, &request, Some(&delta_tx));
+                tokio::pin!(work);
+                let result = loop {
+                    tokio::select! {
+                        _ = tx.closed() => {
+                            tracing::info!("client went away; judgment cancelled");
+                            return;
+                        }
+                        Some((order, text)) = delta_rx.recv() => {
+                            let _ = tx.send(Ok(delta_event(order, text))).await;
+                        }
+                        result = &mut work => break result,
+                    }
+                };
+                while let Ok((order, text)) = delta_rx.try_recv() {
+                    let _ = tx.send(Ok(delta_event(order, text))).await;
+                }
+                record_rpc("JudgeStream", started, &result);
+                let event = result.map(|r| JudgeStreamEvent {
+                    event: Some(judge_stream_event::Event::Result(r)),
+                });
+                let _ = tx.send(event).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type JudgeBatchStream = ReceiverStream<Result<JudgeBatchResult, Status>>;
+
+    async fn judge_batch(
+        &self,
+        request: Request<Streaming<JudgeRequest>>,
+    ) -> Result<Response<Self::JudgeBatchStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(run_batch(self.registry.clone(), inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let span = tracing::info_span!("rank", request_id = %request.request_id);
+        let result = rank_one(&self.registry, &request).instrument(span).await;
+        record_rpc("Rank", started, &result);
+        result.map(Response::new)
+    }
+}
+
+fn delta_event(order: usize, text: String) -> JudgeStreamEvent {
+    JudgeStreamEvent {
+        event: Some(judge_stream_event::Event::Delta(ReasoningDelta {
+            order: order as u32,
+            text,
+        })),
+    }
+}
+
+fn batch_error(request_id: String, status: Status) -> JudgeBatchResult {
+    JudgeBatchResult {
+        request_id,
+        outcome: Some(judge_batch_result::Outcome::Error(BatchError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })),
+    }
+}
+
+/// Reads requests while fewer than [`MAX_BATCH_IN_FLIGHT`] run, judges each in its own task and
+/// sends results as they complete. Returns (aborting every judgment) when the client goes away.
+async fn run_batch(
+    registry: Arc<ModelRegistry>,
+    mut inbound: Streaming<JudgeRequest>,
+    tx: mpsc::Sender<Result<JudgeBatchResult, Status>>,
+) {
+    let mut running: JoinSet<String> = JoinSet::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut inbound_open = true;
+    while inbound_open || !running.is_empty() {
+        tokio::select! {
+            _ = tx.closed() => return,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(id) = done {
+                    in_flight.remove(&id);
+                }
+            }
+            next = inbound.next(), if inbound_open && running.len() < MAX_BATCH_IN_FLIGHT => {
+                let request = match next {
+                    None => {
+                        inbound_open = false;
+                        continue;
+                    }
+                    Some(Err(status)) => {
+                        tracing::info!(%status, "batch stream broken by the client");
+                        return;
+                    }
+                    Some(Ok(request)) => request,
+                };
+                let id = request.request_id.clone();
+                if id.is_empty() {
+                    let status = Status::invalid_argument("request_id is required in JudgeBatch");
+                    let _ = tx.send(Ok(batch_error(id, status))).await;
+                    continue;
+                }
+                if !in_flight.insert(id.clone()) {
+                    let status = Status::invalid_argument(format!(
+                        "request_id {id:?} is already in flight on this stream"
+                    ));
+                    let _ = tx.send(Ok(batch_error(id, status))).await;
+                    continue;
+                }
+                let registry = registry.clone();
+                let tx = tx.clone();
+                let span = tracing::info_span!("judge_batch", request_id = %id);
+                running.spawn(
+                    async move {
+                        let started = Instant::now();
+                        let result = judge_one(&registry, &request, None).await;
+                        record_rpc("JudgeBatch", started, &result);
+                        let item = match result {
+                            Ok(response) => JudgeBatchResult {
+                                request_id: request.request_id.clone(),
+                                outcome: Some(judge_batch_result::Outcome::Response(response)),
+                            },
+                            Err(status) => batch_error(request.request_id.clone(), status),
+                        };
+                        let _ = tx.send(Ok(item)).await;
+                        request.request_id
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+async fn rank_one(registry: &ModelRegistry, request: &RankRequest) -> Result<RankResponse, Status> {
+    let model = registry.get(&request.model)?;
+    let conversation = convert::turns("conversation", &request.conversation)?;
+    let n = request.candidates.len();
+    if n < 2 {
+        return Err(Status::invalid_argument(format!(
+            "candidates needs at least 2 entries, got {n}"
+        )));
+    }
+    if n > MAX_RANK_CANDIDATES {
+        return Err(Status::invalid_argument(format!(
+            "candidates has {n} entries; at most {MAX_RANK_CANDIDATES} are accepted"
+        )));
+    }
+    if let Some(i) = request.candidates.iter().position(|c| c.trim().is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "candidates[{i}] is empty"
+        )));
+    }
+    // The conversation's own checks (roles, ends with a user message).
+    PairInput::Responses {
+        conversation: conversation.clone(),
+        response_a: request.candidates[0].clone(),
+        response_b: request.candidates[1].clone(),
+    }
+    .validate()
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let params = convert::judge_params(request.options.as_ref(), &model)?;
+    let strategy = match proto::RankStrategy::try_from(request.strategy) {
+        Ok(proto::RankStrategy::Unspecified) => default_strategy(n),
+        Ok(proto::RankStrategy::AllPairs) => RankStrategy::AllPairs,
+        Ok(proto::RankStrategy::Knockout) => RankStrategy::Knockout,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "strategy {} is unknown",
+                request.strategy
+            )))
+        }
+    };
+    let seed = params.seed.unwrap_or(0);
+    let report = model
+        .rank(&conversation, &request.candidates, &params, strategy, seed)
+        .await
+        .map_err(|e| from_judge_error(&e))?;
+    tracing::info!(order = ?report.order, method = report.method, "ranked");
+    Ok(convert::rank_response(&request.request_id, &model, &report))
+}

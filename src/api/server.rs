@@ -1,0 +1,137 @@
+//! The gRPC server: judge and model services, standard health, and reflection on one port.
+//!
+//! The server listens before any model is loaded so orchestrators can probe it: health says
+//! NOT_SERVING until [`GrpcServer::add_model`] has loaded and warmed a model up.
+
+use super::judge_service::JudgeApi;
+use super::model_service::ModelApi;
+use super::proto::judge_service_server::JudgeServiceServer;
+use super::proto::model_service_server::ModelServiceServer;
+use super::proto::FILE_DESCRIPTOR_SET;
+use super::registry::ModelRegistry;
+use crate::judge::judge_model::JudgeModel;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// Largest request or response message (long conversations, raw outputs with 50k tokens).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub struct GrpcServer {
+    local_addr: SocketAddr,
+    registry: Arc<ModelRegistry>,
+    health: HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl GrpcServer {
+    /// Binds `addr` (port 0 picks a free port) and starts serving, NOT_SERVING until a model is added.
+    pub async fn start(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the gRPC listener on {addr}"))?;
+        let local_addr = listener.local_addr()?;
+        let registry = Arc::new(ModelRegistry::default());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<JudgeServiceServer<JudgeApi>>()
+            .await;
+        health
+            .set_not_serving::<ModelServiceServer<ModelApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service")?;
+        let judge = JudgeServiceServer::new(JudgeApi {
+            registry: registry.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let models = ModelServiceServer::new(ModelApi {
+            registry: registry.clone(),
+        });
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(judge)
+            .add_service(models);
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = shutdown_rx.await;
+            },
+        ));
+        tracing::info!(%local_addr, "gRPC listening (NOT_SERVING until the model is loaded)");
+        Ok(Self {
+            local_addr,
+            registry,
+            health,
+            shutdown: Some(shutdown_tx),
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.registry
+    }
+
+    /// Warms `model` up, makes it servable, and reports SERVING.
+    pub async fn add_model(&self, model: JudgeModel) -> Result<Arc<JudgeModel>> {
+        model.warm_up().await.context("warming the model up")?;
+        let model = Arc::new(model);
+        self.registry.add(model.clone());
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        self.health
+            .set_serving::<JudgeServiceServer<JudgeApi>>()
+            .await;
+        self.health
+            .set_serving::<ModelServiceServer<ModelApi>>()
+            .await;
+        tracing::info!(model = model.name(), family = %model.family(), "SERVING");
+        Ok(model)
+    }
+
+    /// Stops accepting calls, lets running ones finish, and returns when the server has stopped.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await?.context("gRPC server failed")
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully; returns early if the server fails.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            result = &mut self.task => result?.context("gRPC server failed"),
+            _ = signal => {
+                tracing::info!("stopping: finishing in-flight calls");
+                self.shutdown().await
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! `rmr1 judge`: send one judgment to a server, stream the reasoning, print the result readably.
+
+use anyhow::{bail, Context, Result};
+use rmr1::api::proto::judge_service_client::JudgeServiceClient;
+use rmr1::api::proto::{
+    judge_request, judge_stream_event, ConversationPair, JudgeOptions, JudgeRequest, JudgeResponse,
+    Message, ResponsePair, Role, TaskType, Verdict,
+};
+use serde::Deserialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[derive(clap::Args)]
+pub struct JudgeArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The user's question (single turn).
+    #[arg(long, conflicts_with = "file")]
+    question: Option<String>,
+    /// Candidate A's reply.
+    #[arg(long, conflicts_with = "file")]
+    a: Option<String>,
+    /// Candidate B's reply.
+    #[arg(long, conflicts_with = "file")]
+    b: Option<String>,
+    /// A JSON file: {"question", "response_a", "response_b"}, or {"conversation": [{"role",
+    /// "content"}...], "response_a", "response_b"}, or {"conversation_a": [...], "conversation_b": [...]}.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Served model name; default: the server's default model.
+    #[arg(long, default_value = "")]
+    model: String,
+    #[arg(long)]
+    max_new_tokens: Option<u32>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Judge in both orders and combine (position-debiased).
+    #[arg(long)]
+    both_orders: bool,
+    /// Wait up to this many seconds for the server to report SERVING first.
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
+    /// Do not print the reasoning as it is generated.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Deserialize)]
+struct TurnJson {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairJson {
+    question: Option<String>,
+    conversation: Option<Vec<TurnJson>>,
+    response_a: Option<String>,
+    response_b: Option<String>,
+    conversation_a: Option<Vec<TurnJson>>,
+    conversation_b: Option<Vec<TurnJson>>,
+}
+
+fn message(role: &str, content: &str) -> Result<Message> {
+    let role = match role {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "system" => Role::System,
+        other => bail!("role {other:?} is not user, assistant or system"),
+    };
+    Ok(Message {
+        role: role as i32,
+        content: content.into(),
+    })
+}
+
+fn messages(turns: &[TurnJson]) -> Result<Vec<Message>> {
+    turns.iter().map(|t| message(&t.role, &t.content)).collect()
+}
+
+fn input(args: &JudgeArgs) -> Result<judge_request::Input> {
+    let pair = match &args.file {
+        Some(path) => serde_json::from_str::<PairJson>(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => PairJson {
+            question: args.question.clone(),
+            conversation: None,
+            response_a: args.a.clone(),
+            response_b: args.b.clone(),
+            conversation_a: None,
+            conversation_b: None,
+        },
+    };
+    if let (Some(a), Some(b)) = (&pair.conversation_a, &pair.conversation_b) {
+        return Ok(judge_request::Input::Conversations(ConversationPair {
+            conversation_a: messages(a)?,
+            conversation_b: messages(b)?,
+        }));
+    }
+    let conversation = match (&pair.question, &pair.conversation) {
+        (Some(q), None) => vec![message("user", q)?],
+        (None, Some(turns)) => messages(turns)?,
+        _ => {
+            bail!("give either a question or a conversation (or conversation_a and conversation_b)")
+        }
+    };
+    let (Some(a), Some(b)) = (pair.response_a, pair.response_b) else {
+        bail!("both response_a and response_b are required (--a and --b)");
+    };
+    Ok(judge_request::Input::Responses(ResponsePair {
+        conversation,
+        response_a: a,
+        response_b: b,
+    }))
+}
+
+pub fn run(args: JudgeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(judge(args))
+}
+
+async fn wait_until_serving(addr: &str, seconds: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?;
+        let status = match channel.connect().await {
+            Ok(channel) => HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .ok(),
+            Err(_) => None,
+        };
+        if status == Some(ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{addr} did not report SERVING within {seconds} s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn judge(args: JudgeArgs) -> Result<()> {
+    let request = JudgeRequest {
+        request_id: format!("cli-{}", std::process::id()),
+        model: args.model.clone(),
+        input: Some(input(&args)?),
+        options: Some(JudgeOptions {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: None,
+            seed: args.seed,
+            both_orders: args.both_orders,
+            include_reasoning: true,
+        }),
+    };
+    if args.wait > 0 {
+        wait_until_serving(&args.addr, args.wait).await?;
+    }
+    let mut client = JudgeServiceClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?
+        .max_decoding_message_size(64 << 20);
+    let mut stream = client.judge_stream(request).await?.into_inner();
+    let mut stdout = std::io::stdout();
+    let mut response = None;
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(judge_stream_event::Event::Delta(d)) if !args.quiet && d.order == 0 => {
+                write!(stdout, "{}", d.text)?;
+                stdout.flush()?;
+            }
+            Some(judge_stream_event::Event::Result(r)) => response = Some(r),
+            _ => {}
+        }
+    }
+    let response = response.context("the server ended the stream without a result")?;
+    if !args.quiet {
+        writeln!(stdout, "\n")?;
+    }
+    print_summary(&response);
+    Ok(())
+}
+
+fn print_summary(r: &JudgeResponse) {
+    let verdict = match r.verdict() {
+        Verdict::A => "A".to_string(),
+        Verdict::B => "B".to_string(),
+        _ => format!("INVALID ({})", r.invalid_reason),
+    };
+    println!("verdict:    {verdict}");
+    if let (Some(a), Some(b)) = (r.prob_a, r.prob_b) {
+        println!("P(A), P(B): {a:.4}, {b:.4}");
+    }
+    let task = match r.task_type() {
+        TaskType::Chat => "chat",
+        TaskType::Reasoning => "reasoning",
+        TaskType::Unspecified => "not stated",
+    };
+    println!("task type:  {task}");
+    for (i, item) in r.rubric.iter().enumerate() {
+        match item.weight_percent {
+            Some(w) => println!("rubric {}:   ({w}%) {}", i + 1, item.text),
+            None => println!("rubric {}:   {}", i + 1, item.text),
+        }
+    }
+    if r.orders.len() > 1 {
+        for o in &r.orders {
+            println!(
+                "order {}:    verdict {:?}, P(A) {}",
+                if o.swapped { "B/A" } else { "A/B" },
+                o.verdict(),
+                o.prob_a.map_or("-".into(), |p| format!("{p:.4}"))
+            );
+        }
+    }
+    if let (Some(u), Some(t)) = (&r.usage, &r.timings) {
+        println!(
+            "usage:      {} prompt ({} cached) + {} generated tokens; {:.2} s, first token {:.2} s",
+            u.prompt_tokens,
+            u.cached_tokens,
+            u.completion_tokens,
+            t.total_seconds,
+            t.time_to_first_token_seconds
+        );
+    }
+}

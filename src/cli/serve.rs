@@ -1,0 +1,63 @@
+//! `rmr1 serve`: listen first (health NOT_SERVING), load and warm the model, then SERVING.
+
+use anyhow::{Context, Result};
+use rmr1::api::GrpcServer;
+use rmr1::judge::judge_model::JudgeModel;
+use rmr1::serving_args::ModelArgs;
+use std::net::SocketAddr;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// gRPC address.
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Prometheus `/metrics` address; "off" disables it.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_listen: String,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rmr1-rpc")
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let metrics_addr = match args.metrics_listen.as_str() {
+        "off" | "none" | "" => None,
+        addr => Some(
+            addr.parse::<SocketAddr>()
+                .with_context(|| format!("--metrics-listen {addr:?} is not an address"))?,
+        ),
+    };
+    rmr1::metrics::install(metrics_addr)?;
+    if let Some(addr) = metrics_addr {
+        tracing::info!(%addr, "Prometheus metrics at /metrics");
+    }
+    let server = GrpcServer::start(args.listen).await?;
+    let spec = args.model.model.clone();
+    let options = args.model.options();
+    let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
+        .await?
+        .context("loading the model")?;
+    server.add_model(model).await?;
+    eprintln!(
+        "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService, health, reflection)",
+        server.local_addr()
+    );
+    server.run_until(termination()).await
+}
+
+/// Ctrl-C, or SIGTERM from an orchestrator.
+async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,60 @@
+//! Command-line flags for a served judge model, shared by `rmr1 serve` and `rmr1 bench judge`.
+
+use crate::engine::EngineConfig;
+use crate::judge::judge_model::JudgeModelOptions;
+use crate::judge::PromptFamily;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory, a GGUF file, or a hub id (owner/name[@revision]).
+    #[arg(long)]
+    pub model: String,
+    /// tokenizer.json to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// RM-R1 prompt family the model was trained on: instruct or reasoning. Default: from the
+    /// manifest of a known checkpoint (models/*.json).
+    #[arg(long)]
+    pub family: Option<PromptFamily>,
+    /// A model manifest (JSON, as in models/) for a checkpoint not built in.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Name clients use in `model`; default: the model's own name.
+    #[arg(long)]
+    pub served_name: Option<String>,
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub kv_cache_mib: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Tokens per engine step (decode + prefill chunks).
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Longest prompt + judgment; default: the model's context length.
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Requests queued or running before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4096)]
+    pub max_pending_requests: usize,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> JudgeModelOptions {
+        JudgeModelOptions {
+            tokenizer: self.tokenizer.clone(),
+            family: self.family,
+            manifest: self.manifest.clone(),
+            name: self.served_name.clone(),
+            engine: EngineConfig {
+                kv_cache_bytes: self.kv_cache_mib << 20,
+                max_num_seqs: self.max_num_seqs,
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                max_model_len: self.max_model_len,
+                max_pending_requests: self.max_pending_requests,
+                ..EngineConfig::default()
+            },
+        }
+    }
+}

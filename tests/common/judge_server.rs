@@ -1,0 +1,109 @@
+//! A judge server on loopback over a tiny model the test writes, and request builders.
+
+use super::{write_tiny_model, TinySpec};
+use rmr1::api::proto::judge_service_client::JudgeServiceClient;
+use rmr1::api::proto::{self, judge_request, JudgeOptions, JudgeRequest, Message, ResponsePair};
+use rmr1::api::GrpcServer;
+use rmr1::engine::EngineConfig;
+use rmr1::judge::judge_model::{JudgeModel, JudgeModelOptions};
+use rmr1::judge::PromptFamily;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub server: GrpcServer,
+    pub model: Arc<JudgeModel>,
+    pub model_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.local_addr())
+    }
+
+    pub async fn client(&self) -> JudgeServiceClient<Channel> {
+        JudgeServiceClient::connect(self.url()).await.unwrap()
+    }
+}
+
+pub fn tiny_judge_spec() -> TinySpec {
+    TinySpec {
+        vocab: 128,
+        max_positions: 2048,
+        verdict_words: true,
+        ..TinySpec::default()
+    }
+}
+
+pub fn load_tiny_judge(dir: &std::path::Path, engine: EngineConfig) -> JudgeModel {
+    JudgeModel::load(
+        dir.to_str().unwrap(),
+        &JudgeModelOptions {
+            family: Some(PromptFamily::Instruct),
+            name: Some("tiny".into()),
+            engine,
+            ..JudgeModelOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Starts a server with no model, then adds the tiny judge.
+pub async fn start(engine: EngineConfig) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = write_tiny_model(dir.path(), &tiny_judge_spec());
+    let server = GrpcServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let model = load_tiny_judge(&model_dir, engine);
+    let model = server.add_model(model).await.unwrap();
+    TestServer {
+        server,
+        model,
+        model_dir,
+        _dir: dir,
+    }
+}
+
+pub fn user(content: &str) -> Message {
+    Message {
+        role: proto::Role::User as i32,
+        content: content.into(),
+    }
+}
+
+pub fn assistant(content: &str) -> Message {
+    Message {
+        role: proto::Role::Assistant as i32,
+        content: content.into(),
+    }
+}
+
+pub fn options(max_new_tokens: u32) -> JudgeOptions {
+    JudgeOptions {
+        max_new_tokens: Some(max_new_tokens),
+        include_reasoning: true,
+        ..JudgeOptions::default()
+    }
+}
+
+pub fn pair_request(
+    id: &str,
+    question: &str,
+    a: &str,
+    b: &str,
+    max_new_tokens: u32,
+) -> JudgeRequest {
+    JudgeRequest {
+        request_id: id.into(),
+        model: String::new(),
+        input: Some(judge_request::Input::Responses(ResponsePair {
+            conversation: vec![user(question)],
+            response_a: a.into(),
+            response_b: b.into(),
+        })),
+        options: Some(options(max_new_tokens)),
+    }
+}

@@ -1,0 +1,615 @@
+//! The judge service over gRPC on loopback, with a tiny random model the test writes. Outputs are
+//! random words, so verdicts are INVALID: these tests check the service's plumbing against
+//! independent references (candle-transformers' Qwen2 for generated tokens and verdict
+//! probabilities), not judging quality.
+
+mod common;
+
+use common::judge_server::{assistant, options, pair_request, start, user, TestServer};
+use common::Oracle;
+use rmr1::api::proto::judge_service_client::JudgeServiceClient;
+use rmr1::api::proto::model_service_client::ModelServiceClient;
+use rmr1::api::proto::{
+    self, judge_batch_result, judge_request, judge_stream_event, ConversationPair, JudgeRequest,
+    ListModelsRequest, RankRequest, ResponsePair, Verdict,
+};
+use rmr1::api::GrpcServer;
+use rmr1::engine::EngineConfig;
+use rmr1::judge::{judge_messages, PairInput, Turn};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::Code;
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 16,
+        ..EngineConfig::default()
+    }
+}
+
+/// Prompt ids for `input` as the server renders it (template and tokenizer of the test model).
+fn prompt_ids(server: &TestServer, input: &PairInput) -> Vec<u32> {
+    let tokenizer = &server.model.tokenizer;
+    let messages = judge_messages(server.model.family(), input);
+    tokenizer
+        .encode(&tokenizer.apply_chat_template(&messages, true).unwrap())
+        .unwrap()
+}
+
+fn word_ids(server: &TestServer, text: &str) -> Vec<u32> {
+    server.model.tokenizer.encode(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_judgment_matches_the_candle_reference() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let request = pair_request("r1", "What is two plus two?", "Four.", "Five.", 12);
+    let response = client.judge(request).await.unwrap().into_inner();
+
+    assert_eq!(response.request_id, "r1");
+    assert_eq!(response.model, "tiny");
+    assert_eq!(
+        response.verdict(),
+        Verdict::Invalid,
+        "random words carry no verdict"
+    );
+    assert!(
+        response.invalid_reason.contains("neither"),
+        "{}",
+        response.invalid_reason
+    );
+    let order = &response.orders[0];
+    assert!(!order.swapped);
+    assert_eq!(order.strict_verdict(), Verdict::Invalid);
+
+    // The prompt the server ran is the RM-R1 instruct prompt in this model's chat template.
+    let input = PairInput::Responses {
+        conversation: vec![Turn::user("What is two plus two?")],
+        response_a: "Four.".into(),
+        response_b: "Five.".into(),
+    };
+    let prompt = prompt_ids(&server, &input);
+    let usage = response.usage.unwrap();
+    assert_eq!(usage.prompt_tokens as usize, prompt.len());
+    assert!(
+        prompt.len() > 500,
+        "system prompt included: {} tokens",
+        prompt.len()
+    );
+
+    // Every generated token is the reference model's greedy choice.
+    let generated = word_ids(&server, &response.raw_output);
+    assert_eq!(
+        generated.len(),
+        usage.completion_tokens as usize - (order.finish_reason == "stop") as usize
+    );
+    let mut oracle = Oracle::new(&server.model_dir);
+    let mut tokens = prompt.clone();
+    for &t in &generated {
+        let rows = oracle.log_probs(&tokens);
+        let last = rows.last().unwrap();
+        let best = last.iter().cloned().fold(f32::MIN, f32::max);
+        assert!(
+            last[t as usize] >= best - 1e-4,
+            "token {t} is not the greedy choice"
+        );
+        tokens.push(t);
+    }
+
+    // The model never wrote "<answer>[[", so P(A) was read after appending it to the output.
+    let [a, b] = server
+        .model
+        .verdict_tokens
+        .expect("the test vocabulary has A and B");
+    let mut forced = tokens.clone();
+    forced.extend(word_ids(&server, "\n<answer>[["));
+    let rows = oracle.log_probs(&forced);
+    let last = rows.last().unwrap();
+    let expected = 1.0 / (1.0 + ((last[b as usize] - last[a as usize]) as f64).exp());
+    let p_a = response.prob_a.expect("a forced verdict probability");
+    assert!(
+        (p_a - expected).abs() < 1e-4,
+        "P(A) {p_a} vs reference {expected}"
+    );
+    assert!((p_a + response.prob_b.unwrap() - 1.0).abs() < 1e-12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_orders_run_swapped_and_combine_probabilities() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let mut request = pair_request("r2", "Name a colour.", "Blue.", "Seven.", 6);
+    request.options.as_mut().unwrap().both_orders = true;
+    let response = client.judge(request.clone()).await.unwrap().into_inner();
+    assert_eq!(response.orders.len(), 2);
+    assert!(!response.orders[0].swapped && response.orders[1].swapped);
+    // The swapped order saw B's reply first: its prompt is the swapped rendering.
+    let swapped_input = PairInput::Responses {
+        conversation: vec![Turn::user("Name a colour.")],
+        response_a: "Seven.".into(),
+        response_b: "Blue.".into(),
+    };
+    let usage = response.orders[1].usage.unwrap();
+    assert_eq!(
+        usage.prompt_tokens as usize,
+        prompt_ids(&server, &swapped_input).len()
+    );
+    // Combined P(A) is the mean of the per-order P(original A wins).
+    let mean = (response.orders[0].prob_a.unwrap() + response.orders[1].prob_a.unwrap()) / 2.0;
+    assert!((response.prob_a.unwrap() - mean).abs() < 1e-12);
+    // The swapped order's P(A) is 1 - P(shown A) of a plain judgment of the swapped pair.
+    let mut swapped = pair_request("r3", "Name a colour.", "Seven.", "Blue.", 6);
+    swapped.options = request.options;
+    swapped.options.as_mut().unwrap().both_orders = false;
+    let plain = client.judge(swapped).await.unwrap().into_inner();
+    let p = response.orders[1].prob_a.unwrap();
+    assert!((p - (1.0 - plain.prob_a.unwrap())).abs() < 1e-6);
+    // The second order's system-prompt prefix came from the prefix cache.
+    assert!(response.usage.unwrap().cached_tokens > 0 || plain.usage.unwrap().cached_tokens > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_deltas_add_up_to_the_raw_output() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let request = pair_request("s1", "Say hi.", "Hi!", "Hello.", 10);
+    let mut stream = client
+        .judge_stream(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let mut result = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            judge_stream_event::Event::Delta(d) => {
+                assert!(result.is_none(), "deltas come before the result");
+                assert_eq!(d.order, 0);
+                text.push_str(&d.text);
+            }
+            judge_stream_event::Event::Result(r) => result = Some(r),
+        }
+    }
+    let result = result.unwrap();
+    assert_eq!(text, result.raw_output);
+    let unary = client.judge(request).await.unwrap().into_inner();
+    assert_eq!(
+        unary.raw_output, result.raw_output,
+        "greedy: same output either way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_stream_of_64_returns_every_result_by_id() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let questions = [
+        "Add 1 and 2.",
+        "Name a fruit.",
+        "Spell cat.",
+        "Is ice cold?",
+    ];
+    let mut requests: Vec<JudgeRequest> = (0..64)
+        .map(|i| {
+            let q = questions[i % questions.len()];
+            pair_request(&format!("b{i}"), q, &format!("Answer {i}."), "No idea.", 4)
+        })
+        .collect();
+    // Bad items get an error result under their own id and do not disturb the others.
+    requests[10].input = None;
+    requests[20].options.as_mut().unwrap().top_p = Some(1.5);
+    let outbound = tokio_stream::iter(requests.clone());
+    let mut inbound = client.judge_batch(outbound).await.unwrap().into_inner();
+    let mut results = HashMap::new();
+    while let Some(item) = inbound.message().await.unwrap() {
+        assert!(
+            results.insert(item.request_id.clone(), item).is_none(),
+            "one result per id"
+        );
+    }
+    assert_eq!(results.len(), 64);
+    for (i, request) in requests.iter().enumerate() {
+        let item = &results[&request.request_id];
+        match (i, item.outcome.as_ref().unwrap()) {
+            (10, judge_batch_result::Outcome::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32);
+                assert!(e.message.contains("input"), "{}", e.message);
+            }
+            (20, judge_batch_result::Outcome::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32);
+                assert!(e.message.contains("top_p"), "{}", e.message);
+            }
+            (10 | 20, other) => panic!("item {i}: expected an error, got {other:?}"),
+            (_, judge_batch_result::Outcome::Response(r)) => {
+                assert_eq!(r.request_id, request.request_id);
+                assert_eq!(r.usage.unwrap().completion_tokens, 4);
+            }
+            (_, judge_batch_result::Outcome::Error(e)) => panic!("item {i}: {e:?}"),
+        }
+    }
+    // Batched results equal solo runs of the same requests (greedy; neighbours do not leak in).
+    for i in [0, 33, 63] {
+        let solo = client
+            .judge(requests[i].clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let judge_batch_result::Outcome::Response(batched) =
+            results[&requests[i].request_id].outcome.clone().unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(solo.raw_output, batched.raw_output, "request {i}");
+        assert!((solo.prob_a.unwrap() - batched.prob_a.unwrap()).abs() < 1e-4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_missing_batch_ids_are_refused() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let requests = vec![
+        pair_request("same", "Q one.", "A.", "B.", 8),
+        pair_request("same", "Q two.", "A.", "B.", 8),
+        pair_request("", "Q three.", "A.", "B.", 2),
+    ];
+    let mut inbound = client
+        .judge_batch(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut errors = Vec::new();
+    let mut responses = 0;
+    while let Some(item) = inbound.message().await.unwrap() {
+        match item.outcome.unwrap() {
+            judge_batch_result::Outcome::Error(e) => errors.push(e.message),
+            judge_batch_result::Outcome::Response(_) => responses += 1,
+        }
+    }
+    assert_eq!(responses, 1);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("already in flight")));
+    assert!(errors.iter().any(|e| e.contains("request_id is required")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_four_candidates_all_pairs_and_knockout() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let candidates: Vec<String> = ["Paris.", "London.", "It is Paris, France.", "Rome."]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let request = RankRequest {
+        request_id: "rank1".into(),
+        model: String::new(),
+        conversation: vec![user("What is the capital of France?")],
+        candidates: candidates.clone(),
+        options: Some(options(3)),
+        strategy: proto::RankStrategy::AllPairs as i32,
+    };
+    let ranked = client.rank(request.clone()).await.unwrap().into_inner();
+    assert_eq!(ranked.method, "bradley_terry");
+    assert_eq!(ranked.comparisons.len(), 12, "every ordered pair");
+    let mut order = ranked.order.clone();
+    order.sort();
+    assert_eq!(order, vec![0, 1, 2, 3]);
+    // Scores follow from the comparisons: recompute Bradley-Terry from the returned probabilities.
+    let outcomes: Vec<rmr1::judge::PairOutcome> = ranked
+        .comparisons
+        .iter()
+        .map(|c| rmr1::judge::PairOutcome {
+            first: c.first as usize,
+            second: c.second as usize,
+            p_first: c.prob_first,
+            winner: None,
+        })
+        .collect();
+    let expected = rmr1::judge::bradley_terry(4, &outcomes);
+    for s in &ranked.scores {
+        assert!((s.score - expected[s.index as usize]).abs() < 1e-9);
+        assert_eq!(s.comparisons, 6);
+    }
+    // Each comparison's probability is that of a plain judgment of the same shown pair.
+    let c = &ranked.comparisons[5];
+    let mut single = pair_request(
+        "pair",
+        "What is the capital of France?",
+        &candidates[c.first as usize],
+        &candidates[c.second as usize],
+        3,
+    );
+    single.options.as_mut().unwrap().include_reasoning = false;
+    let solo = client.judge(single).await.unwrap().into_inner();
+    assert!((solo.prob_a.unwrap() - c.prob_first.unwrap()).abs() < 1e-4);
+
+    let knockout = client
+        .rank(RankRequest {
+            strategy: proto::RankStrategy::Knockout as i32,
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(knockout.method, "knockout");
+    assert_eq!(knockout.comparisons.len(), 6, "3 matches, both orders each");
+    let mut order = knockout.order.clone();
+    order.sort();
+    assert_eq!(order, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_the_model_is_loaded_and_reflection_lists_services() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let server = GrpcServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["", "rmr1.v1.JudgeService"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::NotServing as i32,
+            "{service:?} before load"
+        );
+    }
+    // Judge calls before the model is there are refused, not queued.
+    let mut client = JudgeServiceClient::new(channel.clone());
+    let err = client
+        .judge(pair_request("early", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = common::write_tiny_model(dir.path(), &common::judge_server::tiny_judge_spec());
+    let model = common::judge_server::load_tiny_judge(&model_dir, engine());
+    server.add_model(model).await.unwrap();
+    for service in ["", "rmr1.v1.JudgeService", "rmr1.v1.ModelService"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "{service:?} after load"
+        );
+    }
+
+    let models = ModelServiceClient::new(channel.clone())
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].name, "tiny");
+    assert_eq!(models[0].family, "instruct");
+    assert_eq!(models[0].context_length, 2048);
+    assert_eq!(models[0].architecture, "qwen2");
+    assert!(models[0].is_default);
+
+    // Reflection (v1) lists every service, so grpcurl works without the .proto files.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "rmr1.v1.JudgeService",
+        "rmr1.v1.ModelService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+async fn expect_code(
+    client: &mut JudgeServiceClient<tonic::transport::Channel>,
+    request: JudgeRequest,
+    code: Code,
+    needle: &str,
+) {
+    let status = client.judge(request).await.expect_err("must be refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "{:?} should mention {needle:?}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_status_codes() {
+    let server = start(engine()).await;
+    let mut client = server.client().await;
+    let ok = pair_request("e", "Q?", "A.", "B.", 2);
+    let with_input = |input| JudgeRequest {
+        input: Some(input),
+        ..ok.clone()
+    };
+    let responses = |conversation, a: &str, b: &str| {
+        with_input(judge_request::Input::Responses(ResponsePair {
+            conversation,
+            response_a: a.into(),
+            response_b: b.into(),
+        }))
+    };
+    let mut unspecified = user("Q?");
+    unspecified.role = 0;
+    let with_options = |edit: fn(&mut proto::JudgeOptions)| {
+        let mut request = ok.clone();
+        edit(request.options.as_mut().unwrap());
+        request
+    };
+    let cases = vec![
+        (
+            JudgeRequest {
+                input: None,
+                ..ok.clone()
+            },
+            "input",
+        ),
+        (responses(vec![], "A.", "B."), "conversation"),
+        (responses(vec![user("Q?")], "", "B."), "response_a"),
+        (responses(vec![user("Q?")], "A.", "  "), "response_b"),
+        (
+            responses(vec![user("Q?"), assistant("x")], "A.", "B."),
+            "user",
+        ),
+        (responses(vec![unspecified], "A.", "B."), "role"),
+        (
+            with_input(judge_request::Input::Conversations(ConversationPair {
+                conversation_a: vec![user("Q?"), assistant("A.")],
+                conversation_b: vec![],
+            })),
+            "conversation_b",
+        ),
+        (with_options(|o| o.temperature = Some(-1.0)), "temperature"),
+        (
+            with_options(|o| o.max_new_tokens = Some(0)),
+            "max_new_tokens",
+        ),
+    ];
+    for (request, field) in cases {
+        expect_code(&mut client, request, Code::InvalidArgument, field).await;
+    }
+    let long_question = "word ".repeat(3000);
+    let status = client
+        .judge(pair_request("long", &long_question, "A.", "B.", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("2048"),
+        "names the context: {}",
+        status.message()
+    );
+    assert!(status.message().contains("tokens"), "{}", status.message());
+    let unknown_model = JudgeRequest {
+        model: "nope".into(),
+        ..ok.clone()
+    };
+    expect_code(&mut client, unknown_model, Code::NotFound, "nope").await;
+    let rank = |candidates: Vec<&str>| RankRequest {
+        request_id: "r".into(),
+        model: String::new(),
+        conversation: vec![user("Q?")],
+        candidates: candidates.into_iter().map(String::from).collect(),
+        options: Some(options(2)),
+        strategy: 0,
+    };
+    let status = client.rank(rank(vec!["only one"])).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("at least 2"));
+    let status = client.rank(rank(vec!["a", ""])).await.unwrap_err();
+    assert!(
+        status.message().contains("candidates[1]"),
+        "{}",
+        status.message()
+    );
+    // After all that the server still judges normally.
+    let fine = client.judge(ok).await.unwrap().into_inner();
+    assert_eq!(fine.usage.unwrap().completion_tokens, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_resource_exhausted_and_deadlines_free_the_kv_cache() {
+    let server = start(EngineConfig {
+        max_pending_requests: 2,
+        ..engine()
+    })
+    .await;
+    let mut client = server.client().await;
+    // Two long judgments occupy the queue...
+    let long = |id: &str| {
+        let mut r = pair_request(id, "Write at length.", "A.", "B.", 2000);
+        r.options.as_mut().unwrap().max_new_tokens = Some(1500);
+        r
+    };
+    let mut s1 = client.judge_stream(long("l1")).await.unwrap().into_inner();
+    let mut s2 = client.judge_stream(long("l2")).await.unwrap().into_inner();
+    s1.message().await.unwrap();
+    s2.message().await.unwrap();
+    // ...so the next is refused at once.
+    let status = client
+        .judge(pair_request("x", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    // Dropping the streams cancels both generations and frees their blocks.
+    drop((s1, s2));
+    let stats = server.model.engine.stats();
+    wait_until(|| stats.running.load(std::sync::atomic::Ordering::Relaxed) == 0).await;
+    wait_until(|| stats.kv_usage() == 0.0).await;
+
+    // A client deadline stops the generation too.
+    let mut request = tonic::Request::new(long("deadline"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = client.judge(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    wait_until(|| stats.kv_usage() == 0.0).await;
+    assert!(stats.cancelled.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    // And the queue has room again.
+    client
+        .judge(pair_request("y", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap();
+}
+
+async fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
