@@ -61,6 +61,7 @@ async fn unary_judgment_matches_the_candle_reference() {
     );
     let order = &response.orders[0];
     assert!(!order.swapped);
+    assert!(order.prob_forced, "random words never reach <answer>[[");
     assert_eq!(order.strict_verdict(), Verdict::Invalid);
 
     // The prompt the server ran is the RM-R1 instruct prompt in this model's chat template.
@@ -145,8 +146,11 @@ async fn both_orders_run_swapped_and_combine_probabilities() {
     let plain = client.judge(swapped).await.unwrap().into_inner();
     let p = response.orders[1].prob_a.unwrap();
     assert!((p - (1.0 - plain.prob_a.unwrap())).abs() < 1e-6);
-    // The second order's system-prompt prefix came from the prefix cache.
-    assert!(response.usage.unwrap().cached_tokens > 0 || plain.usage.unwrap().cached_tokens > 0);
+    // The orders run together; the swapped one reuses the system prompt blocks the plain one has
+    // computed by the time it is admitted (prefill is chunked at 512 tokens).
+    let cached = response.orders[1].usage.unwrap().cached_tokens;
+    eprintln!("swapped order: {cached} cached prompt tokens");
+    assert!(cached >= 256, "{cached}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

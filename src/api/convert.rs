@@ -192,6 +192,7 @@ fn order_judgment(o: &OrderReport, include_reasoning: bool) -> proto::OrderJudgm
         finish_reason: o.finish_reason.as_str().into(),
         usage: Some(usage(&o.usage)),
         timings: Some(timings(&o.timings)),
+        prob_forced: o.prob_forced,
     }
 }
 
