@@ -6,6 +6,7 @@
 pub mod api;
 pub mod bench;
 pub mod engine;
+pub mod eval;
 pub mod judge;
 pub mod metrics;
 pub mod model;

@@ -23,6 +23,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Send one judgment to a server and print it readably.
     Judge(cli::judge::JudgeArgs),
+    /// Evaluate on RewardBench, RM-Bench or RMB through the Judge API; resumable, replayable.
+    Eval(cli::eval::EvalArgs),
     /// Generate text from a prompt with the engine (streams it, then prints tokens/s).
     Generate(cli::generate::GenerateArgs),
     /// Benchmarks that print tables.
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Judge(args) => cli::judge::run(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),

@@ -1,5 +1,6 @@
 //! Subcommands of the `rmr1` binary.
 
+pub mod eval;
 pub mod generate;
 pub mod judge;
 pub mod serve;

@@ -52,8 +52,12 @@ pub fn load_tiny_judge(dir: &std::path::Path, engine: EngineConfig) -> JudgeMode
 
 /// Starts a server with no model, then adds the tiny judge.
 pub async fn start(engine: EngineConfig) -> TestServer {
+    start_with(&tiny_judge_spec(), engine).await
+}
+
+pub async fn start_with(spec: &TinySpec, engine: EngineConfig) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = write_tiny_model(dir.path(), &tiny_judge_spec());
+    let model_dir = write_tiny_model(dir.path(), spec);
     let server = GrpcServer::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -23,6 +23,10 @@ pub struct TinySpec {
     /// Make the last two words "A" and "B" (instead of w{vocab-2}, w{vocab-1}), so a judge over
     /// this model has verdict tokens to report probabilities for.
     pub verdict_words: bool,
+    /// With `verdict_words`: also make ids vocab-4 and vocab-3 the added tokens "[[A]]" and
+    /// "[[B]]", their output-head rows scaled by this gain (> 0), so greedy outputs of different
+    /// prompts contain verdicts of either side (or both). 0 = off.
+    pub verdict_token_gain: f32,
 }
 
 impl Default for TinySpec {
@@ -39,6 +43,7 @@ impl Default for TinySpec {
             head_scale: 0.5,
             seed: 1,
             verdict_words: false,
+            verdict_token_gain: 0.0,
         }
     }
 }
@@ -165,10 +170,15 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
     }
     t.insert("model.norm.weight".into(), norm_weight(&mut rng, h));
     if !spec.tie_embeddings {
-        t.insert(
-            "lm_head.weight".into(),
-            random(&mut rng, &[spec.vocab, h], spec.head_scale),
-        );
+        let mut head = random(&mut rng, &[spec.vocab, h], spec.head_scale);
+        if spec.verdict_token_gain > 0.0 {
+            let mut gain = vec![1f32; spec.vocab];
+            gain[spec.vocab - 4] = spec.verdict_token_gain;
+            gain[spec.vocab - 3] = spec.verdict_token_gain;
+            let gain = Tensor::from_vec(gain, (spec.vocab, 1), &Device::Cpu).unwrap();
+            head = head.broadcast_mul(&gain).unwrap();
+        }
+        t.insert("lm_head.weight".into(), head);
     }
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
 
@@ -178,6 +188,8 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
     vocab.insert("</s>".into(), 1.into());
     for k in 2..spec.vocab {
         let word = match k {
+            k if spec.verdict_token_gain > 0.0 && k == spec.vocab - 4 => "[[A]]".to_string(),
+            k if spec.verdict_token_gain > 0.0 && k == spec.vocab - 3 => "[[B]]".to_string(),
             k if spec.verdict_words && k == spec.vocab - 2 => "A".to_string(),
             k if spec.verdict_words && k == spec.vocab - 1 => "B".to_string(),
             k => format!("w{k}"),
