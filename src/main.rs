@@ -43,14 +43,21 @@ enum BenchCommand {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // A server logs each request; client-side commands that run an in-process server (eval,
+    // benchmarks) keep stderr for their progress line and tables.
+    let default_filter = match cli.command {
+        Command::Serve(_) | Command::Generate(_) => "warn,rmr1=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rmr1=info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Judge(args) => cli::judge::run(args),
         Command::Eval(args) => cli::eval::run(args),
