@@ -617,3 +617,51 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reasoning_family_sends_no_system_prompt() {
+    use rmr1::judge::PromptFamily;
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = common::write_tiny_model(dir.path(), &common::judge_server::tiny_judge_spec());
+    let server = GrpcServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let model =
+        common::judge_server::load_tiny_judge_as(&model_dir, PromptFamily::Reasoning, engine());
+    let model = server.add_model(model).await.unwrap();
+    let mut client = JudgeServiceClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let response = client
+        .judge(pair_request(
+            "r",
+            "What is two plus two?",
+            "Four.",
+            "Five.",
+            3,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let input = PairInput::Responses {
+        conversation: vec![Turn::user("What is two plus two?")],
+        response_a: "Four.".into(),
+        response_b: "Five.".into(),
+    };
+    let messages = judge_messages(PromptFamily::Reasoning, &input);
+    assert_eq!(messages.len(), 1, "user message only");
+    let tokenizer = &model.tokenizer;
+    let expected = tokenizer
+        .encode(&tokenizer.apply_chat_template(&messages, true).unwrap())
+        .unwrap();
+    assert_eq!(
+        response.usage.unwrap().prompt_tokens as usize,
+        expected.len()
+    );
+    assert!(
+        expected.len() < 200,
+        "no 650-token system prompt: {}",
+        expected.len()
+    );
+    server.shutdown().await.unwrap();
+}

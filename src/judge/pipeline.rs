@@ -37,7 +37,8 @@ pub enum JudgeError {
     InvalidInput(#[from] InputError),
     #[error("rendering the judge prompt: {0:#}")]
     Render(anyhow::Error),
-    #[error("{}order {order}: {error}", if *.order == 0 { String::new() } else { "swapped ".to_string() })]
+    /// `order` 1 is the swapped presentation of a `both_orders` judgment.
+    #[error("{}{error}", if *.order == 0 { "" } else { "swapped order: " })]
     Submit { order: usize, error: SubmitError },
     #[error("generation failed: {0}")]
     Engine(String),

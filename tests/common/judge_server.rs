@@ -38,10 +38,18 @@ pub fn tiny_judge_spec() -> TinySpec {
 }
 
 pub fn load_tiny_judge(dir: &std::path::Path, engine: EngineConfig) -> JudgeModel {
+    load_tiny_judge_as(dir, PromptFamily::Instruct, engine)
+}
+
+pub fn load_tiny_judge_as(
+    dir: &std::path::Path,
+    family: PromptFamily,
+    engine: EngineConfig,
+) -> JudgeModel {
     JudgeModel::load(
         dir.to_str().unwrap(),
         &JudgeModelOptions {
-            family: Some(PromptFamily::Instruct),
+            family: Some(family),
             name: Some("tiny".into()),
             engine,
             ..JudgeModelOptions::default()
