@@ -8,8 +8,10 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A Hugging Face model directory, a GGUF file, or a hub id (owner/name[@revision]).
+    /// Required; optional to clap only so that commands embedding these flags can offer
+    /// alternatives (`rmr1 eval --addr` / `--replay`).
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
     /// tokenizer.json to use instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -41,6 +43,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn spec(&self) -> anyhow::Result<&str> {
+        self.model
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--model <dir|file.gguf|owner/name> is required"))
+    }
+
     pub fn options(&self) -> JudgeModelOptions {
         JudgeModelOptions {
             tokenizer: self.tokenizer.clone(),

@@ -259,3 +259,96 @@ async fn all_three_benchmarks_run_resume_and_replay() {
         "{err}"
     );
 }
+
+/// `rmr1 eval` as a process, SIGKILLed half way through, then rerun: the resumed report equals an
+/// uninterrupted run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_resumes_after_being_killed() {
+    let server = start_with(&spec(), EngineConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subsets = [
+        "alpacaeval-hard",
+        "llmbar-natural",
+        "xstest-should-respond",
+        "hep-go",
+    ];
+    let data = dir.path().join("many.jsonl");
+    let lines: Vec<String> = (0..160)
+        .map(|i| {
+            json!({"id": i, "subset": subsets[i % 4], "prompt": words(i, 5),
+                   "chosen": words(i + 300, 4), "rejected": words(i + 400, 4)})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let eval = |log: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rmr1"));
+        command.args([
+            "eval",
+            "--benchmark",
+            "rewardbench",
+            "--concurrency",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "3",
+        ]);
+        command
+            .arg("--addr")
+            .arg(server.url())
+            .arg("--data")
+            .arg(&data)
+            .arg("--log")
+            .arg(log);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let killed_log = dir.path().join("killed.jsonl");
+    let mut child = eval(&killed_log).spawn().unwrap();
+    let mut lines_at_kill = 0;
+    for _ in 0..600 {
+        lines_at_kill = std::fs::read_to_string(&killed_log).map_or(0, |t| t.lines().count());
+        if lines_at_kill > 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, partial, _) = log::read(&killed_log).unwrap();
+    assert!(
+        partial.len() > 30 && partial.len() < 160,
+        "killed after {} judgments",
+        partial.len()
+    );
+
+    assert!(eval(&killed_log).status().unwrap().success(), "resumed run");
+    let clean_log = dir.path().join("clean.jsonl");
+    assert!(
+        eval(&clean_log).status().unwrap().success(),
+        "uninterrupted run"
+    );
+    let report = |log: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(log.with_extension("report.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(report(&killed_log)["scores"], report(&clean_log)["scores"]);
+    assert_eq!(report(&killed_log)["judgments"], 160);
+    // And the replay of the resumed log prints the same numbers.
+    let replayed = dir.path().join("replayed.report.json");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rmr1"))
+        .args(["eval", "--replay"])
+        .arg(&killed_log)
+        .arg("--report")
+        .arg(&replayed)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let replayed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&replayed).unwrap()).unwrap();
+    assert_eq!(replayed["scores"], report(&clean_log)["scores"]);
+}

@@ -163,7 +163,7 @@ pub fn run(args: JudgeBenchArgs) -> Result<()> {
 
 async fn bench(args: JudgeBenchArgs) -> Result<()> {
     let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-    let (spec, options) = (args.model.model.clone(), args.model.options());
+    let (spec, options) = (args.model.spec()?.to_string(), args.model.options());
     let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
         .await?
         .context("loading the model")?;
@@ -187,7 +187,7 @@ async fn bench(args: JudgeBenchArgs) -> Result<()> {
     }
     println!(
         "\nrmr1 bench judge: {} ({} new tokens max{}), gRPC on loopback\n",
-        args.model.model,
+        args.model.spec()?,
         args.max_new_tokens,
         if args.both_orders {
             ", both orders"

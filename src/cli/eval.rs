@@ -61,8 +61,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let benchmark = args.benchmark.context("--benchmark is required")?;
             let target = match (&args.addr, &args.local) {
                 (Some(addr), _) => Target::Remote(addr.clone()),
-                (None, Some(local)) => Target::Local(Box::new(local.clone())),
-                (None, None) => bail!("give --addr <server> or --model <path> to judge with"),
+                (None, Some(local)) if local.model.is_some() => {
+                    Target::Local(Box::new(local.clone()))
+                }
+                (None, _) => bail!("give --addr <server> or --model <path> to judge with"),
             };
             let log_path = args
                 .log

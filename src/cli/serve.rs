@@ -27,6 +27,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    let spec = args.model.spec()?.to_string();
     let metrics_addr = match args.metrics_listen.as_str() {
         "off" | "none" | "" => None,
         addr => Some(
@@ -39,7 +40,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let server = GrpcServer::start(args.listen).await?;
-    let spec = args.model.model.clone();
     let options = args.model.options();
     let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
         .await?

@@ -125,7 +125,7 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
         Target::Remote(url) => (url.clone(), None),
         Target::Local(args) => {
             let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-            let (spec, model_options) = (args.model.clone(), args.options());
+            let (spec, model_options) = (args.spec()?.to_string(), args.options());
             let model =
                 tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &model_options))
                     .await?
