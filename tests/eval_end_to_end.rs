@@ -308,10 +308,9 @@ async fn the_cli_resumes_after_being_killed() {
     };
     let killed_log = dir.path().join("killed.jsonl");
     let mut child = eval(&killed_log).spawn().unwrap();
-    let mut lines_at_kill = 0;
     for _ in 0..600 {
-        lines_at_kill = std::fs::read_to_string(&killed_log).map_or(0, |t| t.lines().count());
-        if lines_at_kill > 40 {
+        let lines = std::fs::read_to_string(&killed_log).map_or(0, |t| t.lines().count());
+        if lines > 40 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
