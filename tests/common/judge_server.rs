@@ -28,6 +28,14 @@ impl TestServer {
     }
 }
 
+/// The engine settings the server tests use.
+pub fn engine() -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 16,
+        ..EngineConfig::default()
+    }
+}
+
 pub fn tiny_judge_spec() -> TinySpec {
     TinySpec {
         vocab: 128,
