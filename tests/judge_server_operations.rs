@@ -32,16 +32,14 @@ async fn health_is_not_serving_until_the_model_is_loaded_and_reflection_lists_se
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    let check = |service: &str| HealthCheckRequest {
-        service: service.into(),
-    };
+    async fn status_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        health.check(request).await.unwrap().into_inner().status
+    }
     for service in ["", "rmr1.v1.JudgeService"] {
-        let status = health
-            .check(check(service))
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+        let status = status_of(&mut health, service).await;
         assert_eq!(
             status,
             ServingStatus::NotServing as i32,
@@ -61,12 +59,7 @@ async fn health_is_not_serving_until_the_model_is_loaded_and_reflection_lists_se
     let model = common::judge_server::load_tiny_judge(&model_dir, engine());
     server.add_model(model).await.unwrap();
     for service in ["", "rmr1.v1.JudgeService", "rmr1.v1.ModelService"] {
-        let status = health
-            .check(check(service))
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+        let status = status_of(&mut health, service).await;
         assert_eq!(
             status,
             ServingStatus::Serving as i32,
