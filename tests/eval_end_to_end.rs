@@ -308,7 +308,7 @@ async fn the_cli_resumes_after_being_killed() {
     };
     let killed_log = dir.path().join("killed.jsonl");
     let mut child = eval(&killed_log).spawn().unwrap();
-    for _ in 0..600 {
+    for _ in 0..6000 {
         let lines = std::fs::read_to_string(&killed_log).map_or(0, |t| t.lines().count());
         if lines > 40 {
             break;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::judge_server::{pair_request, start};
+use common::judge_server::{pair_request, start_with};
 use rmr1::engine::EngineConfig;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +44,12 @@ fn free_port() -> std::net::SocketAddr {
 async fn metrics_follow_judgments_and_kv_usage_returns_to_zero_after_cancellation() {
     let metrics_addr = free_port();
     rmr1::metrics::install(Some(metrics_addr)).unwrap();
-    let server = start(EngineConfig::default()).await;
+    // Without EOS no generation ends before it is cancelled below.
+    let spec = common::TinySpec {
+        suppress_eos: true,
+        ..common::judge_server::tiny_judge_spec()
+    };
+    let server = start_with(&spec, EngineConfig::default()).await;
     let mut client = server.client().await;
 
     let judged = client

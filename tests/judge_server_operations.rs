@@ -224,11 +224,16 @@ async fn bad_requests_get_clear_status_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_resource_exhausted_and_deadlines_free_the_kv_cache() {
-    let server = start(EngineConfig {
+    // Generations that cannot end early, so the deadline below always cuts one short.
+    let spec = common::TinySpec {
+        suppress_eos: true,
+        ..common::judge_server::tiny_judge_spec()
+    };
+    let engine = EngineConfig {
         max_pending_requests: 2,
         ..engine()
-    })
-    .await;
+    };
+    let server = common::judge_server::start_with(&spec, engine).await;
     let mut client = server.client().await;
     // Two long judgments occupy the queue...
     let long = |id: &str| {
@@ -266,7 +271,12 @@ async fn full_queue_is_resource_exhausted_and_deadlines_free_the_kv_cache() {
         "{status:?}"
     );
     wait_until(|| stats.kv_usage() == 0.0).await;
-    assert!(stats.cancelled.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    wait_until(|| stats.cancelled.load(std::sync::atomic::Ordering::Relaxed) == 3).await;
+    // Nothing ran to its budget: only the warm-up (2 tokens) finished by length.
+    let by_length = stats
+        .finished_length
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(by_length, 1);
     // And the queue has room again.
     client
         .judge(pair_request("y", "Q?", "A.", "B.", 2))

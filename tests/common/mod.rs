@@ -27,6 +27,9 @@ pub struct TinySpec {
     /// "[[B]]", their output-head rows scaled by this gain (> 0), so greedy outputs of different
     /// prompts contain verdicts of either side (or both). 0 = off.
     pub verdict_token_gain: f32,
+    /// Zero the output-head row of EOS (id 1): its logit is then 0 while the maximum of the other
+    /// 100+ random logits is positive, so greedy generation runs to its token budget.
+    pub suppress_eos: bool,
 }
 
 impl Default for TinySpec {
@@ -44,6 +47,7 @@ impl Default for TinySpec {
             seed: 1,
             verdict_words: false,
             verdict_token_gain: 0.0,
+            suppress_eos: false,
         }
     }
 }
@@ -171,10 +175,15 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
     t.insert("model.norm.weight".into(), norm_weight(&mut rng, h));
     if !spec.tie_embeddings {
         let mut head = random(&mut rng, &[spec.vocab, h], spec.head_scale);
-        if spec.verdict_token_gain > 0.0 {
+        if spec.verdict_token_gain > 0.0 || spec.suppress_eos {
             let mut gain = vec![1f32; spec.vocab];
-            gain[spec.vocab - 4] = spec.verdict_token_gain;
-            gain[spec.vocab - 3] = spec.verdict_token_gain;
+            if spec.verdict_token_gain > 0.0 {
+                gain[spec.vocab - 4] = spec.verdict_token_gain;
+                gain[spec.vocab - 3] = spec.verdict_token_gain;
+            }
+            if spec.suppress_eos {
+                gain[1] = 0.0;
+            }
             let gain = Tensor::from_vec(gain, (spec.vocab, 1), &Device::Cpu).unwrap();
             head = head.broadcast_mul(&gain).unwrap();
         }
