@@ -240,10 +240,15 @@ async fn batch_stream_of_64_returns_every_result_by_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_missing_batch_ids_are_refused() {
-    let server = start(engine()).await;
+    // The first judgment cannot end early, so it is surely in flight when its twin arrives.
+    let spec = common::TinySpec {
+        suppress_eos: true,
+        ..common::judge_server::tiny_judge_spec()
+    };
+    let server = common::judge_server::start_with(&spec, engine()).await;
     let mut client = server.client().await;
     let requests = vec![
-        pair_request("same", "Q one.", "A.", "B.", 8),
+        pair_request("same", "Q one.", "A.", "B.", 300),
         pair_request("same", "Q two.", "A.", "B.", 8),
         pair_request("", "Q three.", "A.", "B.", 2),
     ];
