@@ -127,7 +127,7 @@ fn rubric(parsed: &ParsedJudgment) -> Vec<proto::RubricItem> {
         .collect()
 }
 
-pub fn usage(u: &Usage) -> proto::Usage {
+fn usage(u: &Usage) -> proto::Usage {
     proto::Usage {
         prompt_tokens: u.prompt_tokens as u32,
         completion_tokens: u.completion_tokens as u32,
@@ -144,7 +144,7 @@ fn timings(t: &Timings) -> proto::Timings {
     }
 }
 
-pub fn call_timings(total: Duration, orders: &[OrderReport]) -> proto::Timings {
+fn call_timings(total: Duration, orders: &[OrderReport]) -> proto::Timings {
     proto::Timings {
         queue_seconds: max_seconds(orders, |t| t.queue),
         time_to_first_token_seconds: max_seconds(orders, |t| t.time_to_first_token),

@@ -12,6 +12,8 @@ use super::proto::{
 };
 use super::registry::ModelRegistry;
 use super::status::from_judge_error;
+use crate::judge::judge_model::JudgeModel;
+use crate::judge::pipeline::{DeltaSink, JudgeParams};
 use crate::judge::ranking::default_strategy;
 use crate::judge::{PairInput, RankStrategy};
 use crate::metrics as m;
@@ -44,36 +46,60 @@ fn record_rpc(rpc: &'static str, started: Instant, result: &Result<impl Sized, S
     metrics::histogram!(m::JUDGE_LATENCY, "rpc" => rpc).record(started.elapsed().as_secs_f64());
 }
 
-/// Validates and runs one judgment; shared by all three judge RPCs.
+/// A judge request after validation: everything the pipeline needs, nothing left to check.
+struct ValidJudgeRequest {
+    request_id: String,
+    model: Arc<JudgeModel>,
+    input: PairInput,
+    params: JudgeParams,
+    include_reasoning: bool,
+}
+
+impl ValidJudgeRequest {
+    fn new(registry: &ModelRegistry, request: &JudgeRequest) -> Result<Self, Status> {
+        let model = registry.get(&request.model)?;
+        let input = convert::pair_input(request)?;
+        let params = convert::judge_params(request.options.as_ref(), &model)?;
+        Ok(Self {
+            request_id: request.request_id.clone(),
+            model,
+            input,
+            params,
+            include_reasoning: request
+                .options
+                .as_ref()
+                .is_some_and(|o| o.include_reasoning),
+        })
+    }
+
+    async fn run(&self, deltas: Option<&DeltaSink>) -> Result<JudgeResponse, Status> {
+        let report = self
+            .model
+            .judge(&self.input, &self.params, deltas)
+            .await
+            .map_err(|e| from_judge_error(&e))?;
+        tracing::info!(
+            verdict = ?report.combined.verdict,
+            prob_a = ?report.combined.p_a,
+            completion_tokens = report.usage.completion_tokens,
+            seconds = report.elapsed.as_secs_f64(),
+            "judged"
+        );
+        Ok(convert::judge_response(
+            &self.request_id,
+            &self.model,
+            &report,
+            self.include_reasoning,
+        ))
+    }
+}
+
+/// Validates and runs one judgment (unary and batch RPCs).
 async fn judge_one(
     registry: &ModelRegistry,
     request: &JudgeRequest,
-    deltas: Option<&crate::judge::pipeline::DeltaSink>,
 ) -> Result<JudgeResponse, Status> {
-    let model = registry.get(&request.model)?;
-    let input = convert::pair_input(request)?;
-    let params = convert::judge_params(request.options.as_ref(), &model)?;
-    let report = model
-        .judge(&input, &params, deltas)
-        .await
-        .map_err(|e| from_judge_error(&e))?;
-    let include_reasoning = request
-        .options
-        .as_ref()
-        .is_some_and(|o| o.include_reasoning);
-    tracing::info!(
-        verdict = ?report.combined.verdict,
-        prob_a = ?report.combined.p_a,
-        completion_tokens = report.usage.completion_tokens,
-        seconds = report.elapsed.as_secs_f64(),
-        "judged"
-    );
-    Ok(convert::judge_response(
-        &request.request_id,
-        &model,
-        &report,
-        include_reasoning,
-    ))
+    ValidJudgeRequest::new(registry, request)?.run(None).await
 }
 
 #[tonic::async_trait]
@@ -85,9 +111,7 @@ impl JudgeService for JudgeApi {
         let started = Instant::now();
         let request = request.into_inner();
         let span = tracing::info_span!("judge", request_id = %request.request_id);
-        let result = judge_one(&self.registry, &request, None)
-            .instrument(span)
-            .await;
+        let result = judge_one(&self.registry, &request).instrument(span).await;
         record_rpc("Judge", started, &result);
         result.map(Response::new)
     }
@@ -99,18 +123,15 @@ impl JudgeService for JudgeApi {
         request: Request<JudgeRequest>,
     ) -> Result<Response<Self::JudgeStreamStream>, Status> {
         let request = request.into_inner();
-        // Fail fast (as a status, not a stream item) on what can be checked before generating.
-        let model = self.registry.get(&request.model)?;
-        convert::pair_input(&request)?;
-        convert::judge_params(request.options.as_ref(), &model)?;
+        // Bad requests fail as a status, not as a stream item.
+        let valid = ValidJudgeRequest::new(&self.registry, &request)?;
         let (tx, rx) = mpsc::channel(64);
-        let registry = self.registry.clone();
         let span = tracing::info_span!("judge_stream", request_id = %request.request_id);
         tokio::spawn(
             async move {
                 let started = Instant::now();
                 let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
-                let work = judge_one(&registry, &request, Some(&delta_tx));
+                let work = valid.run(Some(&delta_tx));
                 tokio::pin!(work);
                 let result = loop {
                     tokio::select! {
@@ -228,7 +249,7 @@ async fn run_batch(
                 running.spawn(
                     async move {
                         let started = Instant::now();
-                        let result = judge_one(&registry, &request, None).await;
+                        let result = judge_one(&registry, &request).await;
                         record_rpc("JudgeBatch", started, &result);
                         let item = match result {
                             Ok(response) => JudgeBatchResult {

@@ -10,6 +10,7 @@ use super::proto::model_service_server::ModelServiceServer;
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::registry::ModelRegistry;
 use crate::judge::judge_model::JudgeModel;
+use crate::serving_args::ModelArgs;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +97,16 @@ impl GrpcServer {
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
         &self.registry
+    }
+
+    /// Loads the model `args` name (off the async threads: reading weights blocks), then
+    /// [`Self::add_model`]s it.
+    pub async fn load_model(&self, args: &ModelArgs) -> Result<Arc<JudgeModel>> {
+        let (spec, options) = (args.spec()?.to_string(), args.options());
+        let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
+            .await?
+            .context("loading the model")?;
+        self.add_model(model).await
     }
 
     /// Warms `model` up, makes it servable, and reports SERVING.

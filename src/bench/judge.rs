@@ -7,9 +7,8 @@ use crate::api::proto::{
     judge_request, judge_stream_event, JudgeOptions, JudgeRequest, Message, ResponsePair, Role,
 };
 use crate::api::GrpcServer;
-use crate::judge::judge_model::JudgeModel;
 use crate::serving_args::ModelArgs;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,11 +162,7 @@ pub fn run(args: JudgeBenchArgs) -> Result<()> {
 
 async fn bench(args: JudgeBenchArgs) -> Result<()> {
     let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-    let (spec, options) = (args.model.spec()?.to_string(), args.model.options());
-    let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
-        .await?
-        .context("loading the model")?;
-    server.add_model(model).await?;
+    server.load_model(&args.model).await?;
     let url = format!("http://{}", server.local_addr());
     // One judgment first, so every level starts with the system prompt in the prefix cache.
     let mut client = JudgeServiceClient::connect(url.clone()).await?;

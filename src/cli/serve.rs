@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use rmr1::api::GrpcServer;
-use rmr1::judge::judge_model::JudgeModel;
 use rmr1::serving_args::ModelArgs;
 use std::net::SocketAddr;
 
@@ -27,7 +26,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let spec = args.model.spec()?.to_string();
+    // A missing --model is reported before anything binds a port.
+    args.model.spec()?;
     let metrics_addr = match args.metrics_listen.as_str() {
         "off" | "none" | "" => None,
         addr => Some(
@@ -40,11 +40,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let server = GrpcServer::start(args.listen).await?;
-    let options = args.model.options();
-    let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
-        .await?
-        .context("loading the model")?;
-    server.add_model(model).await?;
+    server.load_model(&args.model).await?;
     eprintln!(
         "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService, health, reflection)",
         server.local_addr()

@@ -16,7 +16,6 @@ use crate::api::proto::{
     ResponsePair, Role as WireRole, Verdict,
 };
 use crate::api::GrpcServer;
-use crate::judge::judge_model::JudgeModel;
 use crate::judge::{Role, Turn};
 use crate::serving_args::ModelArgs;
 use anyhow::{bail, Context, Result};
@@ -125,12 +124,7 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
         Target::Remote(url) => (url.clone(), None),
         Target::Local(args) => {
             let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-            let (spec, model_options) = (args.spec()?.to_string(), args.options());
-            let model =
-                tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &model_options))
-                    .await?
-                    .context("loading the model")?;
-            server.add_model(model).await?;
+            server.load_model(args).await?;
             (format!("http://{}", server.local_addr()), Some(server))
         }
     };
