@@ -5,8 +5,12 @@
 
 pub mod api;
 pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod eval;
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
 pub mod judge;
 pub mod metrics;
 pub mod model;

@@ -27,6 +27,9 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Generate text from a prompt with the engine (streams it, then prints tokens/s).
     Generate(cli::generate::GenerateArgs),
+    /// Checks of the CUDA build that need a GPU: kernels against CPU references, model outputs
+    /// for comparison with transformers (scripts/gpu-check.sh runs the whole check).
+    GpuCheck(cli::gpu_check::GpuCheckArgs),
     /// Benchmarks that print tables.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -40,6 +43,10 @@ enum BenchCommand {
     /// Judge requests over gRPC on loopback at several concurrencies: throughput, TTFT and latency
     /// percentiles, prefix-cache hit rate.
     Judge(rmr1::bench::judge::JudgeBenchArgs),
+    /// The judge-shaped workload (shared system-prompt prefix + unique pair, fixed-length
+    /// generations) through the engine on a random-weight model made on the device: tokens/s,
+    /// TTFT, ITL and the fraction of the memory-read floor (compare: scripts/hf_throughput.py).
+    Throughput(rmr1::bench::throughput::ThroughputArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,7 +69,9 @@ fn main() -> Result<()> {
         Command::Judge(args) => cli::judge::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Generate(args) => cli::generate::run(args),
+        Command::GpuCheck(args) => cli::gpu_check::run(args),
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
+        Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),
     }
 }

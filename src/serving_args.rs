@@ -25,9 +25,16 @@ pub struct ModelArgs {
     /// Name clients use in `model`; default: the model's own name.
     #[arg(long)]
     pub served_name: Option<String>,
-    /// KV cache size in MiB.
+    /// cpu, cuda, cuda:N, or auto (the first GPU if this build has CUDA and one is present).
+    #[arg(long, default_value_t = crate::model::DeviceChoice::Auto)]
+    pub device: crate::model::DeviceChoice,
+    /// KV cache size in MiB on the CPU.
     #[arg(long, default_value_t = 1024)]
     pub kv_cache_mib: usize,
+    /// Fraction of the GPU's memory rmr1 may use: weights, activations, and a KV cache sized to the
+    /// rest (as vLLM's --gpu-memory-utilization).
+    #[arg(long, default_value_t = 0.90)]
+    pub gpu_memory_fraction: f64,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
@@ -55,8 +62,10 @@ impl ModelArgs {
             family: self.family,
             manifest: self.manifest.clone(),
             name: self.served_name.clone(),
+            device: self.device,
             engine: EngineConfig {
                 kv_cache_bytes: self.kv_cache_mib << 20,
+                gpu_memory_fraction: self.gpu_memory_fraction,
                 max_num_seqs: self.max_num_seqs,
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 max_model_len: self.max_model_len,

@@ -1,4 +1,5 @@
-//! Benchmarks that print tables (`rmr1 bench engine|judge`); they assert nothing.
+//! Benchmarks that print tables (`rmr1 bench engine|judge|throughput`); they assert nothing.
 
 pub mod engine;
 pub mod judge;
+pub mod throughput;

@@ -2,5 +2,6 @@
 
 pub mod eval;
 pub mod generate;
+pub mod gpu_check;
 pub mod judge;
 pub mod serve;

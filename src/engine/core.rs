@@ -2,13 +2,14 @@
 //! Synchronous and single-owner; [`super::handle`] runs it on its own thread.
 
 use super::block_manager::{BlockManager, SeqId};
+use super::cache_plan;
 use super::request::{EngineEvent, FinishReason, GenerateRequest};
 use super::scheduler::{Schedule, Scheduler, SchedulerConfig};
 use super::sequence::{Progress, Sequence};
 use super::stats::EngineStats;
-use crate::model::attention::cpu::CpuPagedAttention;
-use crate::model::{AttentionBatch, CacheShape, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
+use crate::model::{AttentionBatch, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
 use anyhow::Result;
+use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,9 @@ pub struct EngineConfig {
     pub max_pending_requests: usize,
     /// Seed for requests that name none.
     pub seed: u64,
+    /// On a GPU, the share of device memory the process may fill; the KV cache gets what the weights
+    /// and a reserve for activations leave (unless `num_blocks` is set).
+    pub gpu_memory_fraction: f64,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +47,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             max_pending_requests: 4096,
             seed: 0,
+            gpu_memory_fraction: 0.90,
         }
     }
 }
@@ -76,35 +81,31 @@ impl EngineCore {
         config: &EngineConfig,
     ) -> Result<Self> {
         let cfg = model.config().clone();
-        let mut shape = CacheShape {
-            num_layers: cfg.num_hidden_layers,
-            num_blocks: 0,
-            block_size: config.block_size,
-            num_kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim(),
-        };
-        shape.num_blocks = config.num_blocks.unwrap_or_else(|| {
-            config.kv_cache_bytes / (CpuPagedAttention::bytes_per_token(&shape) * config.block_size)
-        });
-        anyhow::ensure!(shape.num_blocks > 0, "the KV cache budget holds no block");
-        let attention: Box<dyn PagedAttention> = if model.device().is_cpu() {
-            Box::new(CpuPagedAttention::new(shape, cfg.num_attention_heads))
-        } else {
-            anyhow::bail!(
-                "no paged-attention backend for {:?} in this build",
-                model.device()
-            )
-        };
+        let (attention, plan) = cache_plan::build(&model, config)?;
+        let shape = plan.shape;
         let max_model_len = config
             .max_model_len
             .unwrap_or(cfg.max_position_embeddings)
             .min(cfg.max_position_embeddings);
-        tracing::info!(
-            blocks = shape.num_blocks,
-            block_size = shape.block_size,
-            tokens = shape.num_blocks * shape.block_size,
-            "KV cache ready"
-        );
+        match plan.device_memory {
+            Some((free, total)) => tracing::info!(
+                device = ?model.device(),
+                blocks = shape.num_blocks,
+                block_size = shape.block_size,
+                tokens = plan.tokens(),
+                kv_cache_gib = format!("{:.2}", cache_plan::gib(plan.bytes())),
+                free_after_weights_gib = format!("{:.2}", cache_plan::gib(free)),
+                total_gib = format!("{:.2}", cache_plan::gib(total)),
+                activation_reserve_gib = format!("{:.2}", cache_plan::gib(plan.activation_reserve)),
+                "KV cache ready"
+            ),
+            None => tracing::info!(
+                blocks = shape.num_blocks,
+                block_size = shape.block_size,
+                tokens = plan.tokens(),
+                "KV cache ready"
+            ),
+        }
         Ok(Self {
             model,
             attention,
@@ -252,8 +253,7 @@ impl EngineCore {
         let result = self
             .attention
             .copy_blocks(&schedule.copies)
-            .and_then(|_| self.model.forward(&batch, self.attention.as_mut()))
-            .and_then(|logits| logits.to_vec2::<f32>());
+            .and_then(|_| self.model.forward(&batch, self.attention.as_mut()));
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -270,9 +270,10 @@ impl EngineCore {
             }
         };
 
-        let mut rows = logits.iter();
-        let mut finished = Vec::new();
-        let mut sampled = 0;
+        // Every sequence that samples this step, with the logits row it reads. A group's forked
+        // samples read their parent's row and take over its progress before anyone's token is added.
+        let mut samplers: Vec<(SeqId, usize)> = Vec::new();
+        let mut forked = Vec::new();
         for s in &schedule.scheduled {
             let seq = self.seqs.get_mut(&s.id).expect("scheduled sequence exists");
             seq.num_computed += s.num_tokens;
@@ -280,31 +281,44 @@ impl EngineCore {
                 .blocks_mut()
                 .register_computed(s.id, &seq.tokens, seq.num_computed);
             if seq.num_uncomputed() == 0 {
-                let row = rows.next().expect("one logits row per sampling sequence");
-                sampled += 1 + self.pending_forks.get(&s.id).map_or(0, Vec::len);
-                let mut forked = Vec::new();
+                let row = samplers.len();
+                samplers.push((s.id, row));
                 for child in self.pending_forks.remove(&s.id).unwrap_or_default() {
                     let mut c =
                         Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
                     c.adopt_progress(seq);
-                    forked.push(c);
-                }
-                if let Progress::Finished(reason) =
-                    seq.accept_logits(row, &self.tokenizer, self.max_model_len)
-                {
-                    finished.push((s.id, reason));
-                }
-                for mut child in forked {
-                    self.scheduler.adopt_fork(s.id, child.id);
-                    if let Progress::Finished(reason) =
-                        child.accept_logits(row, &self.tokenizer, self.max_model_len)
-                    {
-                        finished.push((child.id, reason));
-                    }
-                    self.seqs.insert(child.id, child);
+                    forked.push((s.id, c, row));
                 }
             }
         }
+        for (parent, child, row) in forked {
+            self.scheduler.adopt_fork(parent, child.id);
+            samplers.push((child.id, row));
+            self.seqs.insert(child.id, child);
+        }
+        let progress = match self.choose_tokens(&logits, &samplers) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "sampling failed");
+                for &(id, _) in &samplers {
+                    if let Some(seq) = self.seqs.get(&id) {
+                        seq.fail(format!("sampling failed: {e}"));
+                    }
+                    self.scheduler.remove(id);
+                    self.seqs.remove(&id);
+                }
+                return Err(e);
+            }
+        };
+        let sampled = samplers.len();
+        let finished: Vec<(SeqId, FinishReason)> = samplers
+            .iter()
+            .zip(progress)
+            .filter_map(|(&(id, _), p)| match p {
+                Progress::Finished(reason) => Some((id, reason)),
+                Progress::Continue => None,
+            })
+            .collect();
         for (id, reason) in finished {
             self.finish(id, reason);
         }
@@ -315,6 +329,87 @@ impl EngineCore {
         self.stats
             .set_kv_usage(self.scheduler.blocks().pool().usage());
         Ok(batch.tokens.len())
+    }
+
+    /// Picks each sampler's next token from `logits` (`[rows, vocab]`) and reports it.
+    fn choose_tokens(
+        &mut self,
+        logits: &Tensor,
+        samplers: &[(SeqId, usize)],
+    ) -> Result<Vec<Progress>> {
+        #[cfg(feature = "cuda")]
+        if logits.device().is_cuda() {
+            return self.choose_tokens_on_device(logits, samplers);
+        }
+        let rows = logits.to_vec2::<f32>()?;
+        Ok(samplers
+            .iter()
+            .map(|&(id, row)| {
+                let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
+                seq.accept_logits(&rows[row], &self.tokenizer, self.max_model_len)
+            })
+            .collect())
+    }
+
+    /// The device path: the kernel picks tokens; only the logits that log-probabilities need come back.
+    #[cfg(feature = "cuda")]
+    fn choose_tokens_on_device(
+        &mut self,
+        logits: &Tensor,
+        samplers: &[(SeqId, usize)],
+    ) -> Result<Vec<Progress>> {
+        use super::device_sampler::{self, SampleRequest};
+        let requests: Vec<SampleRequest> = samplers
+            .iter()
+            .map(|&(id, row)| {
+                let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
+                SampleRequest {
+                    row: row as u32,
+                    temperature: seq.params.temperature,
+                    top_k: seq.params.top_k.min(u32::MAX as usize) as u32,
+                    top_p: seq.params.top_p,
+                    uniform: seq.draw_uniform(),
+                }
+            })
+            .collect();
+        let results = device_sampler::sample(logits, &requests)?;
+        // One gather for every logit a log-probability needs: probed tokens and, where asked, the
+        // sampled token.
+        let mut picks = Vec::new();
+        let mut spans = Vec::with_capacity(samplers.len());
+        for (&(id, row), result) in samplers.iter().zip(&results) {
+            let seq = &self.seqs[&id];
+            let start = picks.len();
+            if seq.wants_logprobs() {
+                let mut tokens = seq.probed_tokens();
+                tokens.push(result.token);
+                picks.extend(tokens.into_iter().map(|t| (row as u32, t)));
+            }
+            spans.push(start..picks.len());
+        }
+        let values = device_sampler::gather(logits, &picks)?;
+        let mut progress = Vec::with_capacity(samplers.len());
+        for ((&(id, _), result), span) in samplers.iter().zip(&results).zip(spans) {
+            let known: Vec<(u32, f32)> = picks[span.clone()]
+                .iter()
+                .zip(&values[span])
+                .map(|(&(_, t), &l)| (t, result.logprob(l)))
+                .collect();
+            let logprob = |t: u32| {
+                known
+                    .iter()
+                    .find(|&&(k, _)| k == t)
+                    .map_or(f32::NAN, |&(_, lp)| lp)
+            };
+            let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
+            progress.push(seq.accept_token(
+                result.token,
+                &logprob,
+                &self.tokenizer,
+                self.max_model_len,
+            ));
+        }
+        Ok(progress)
     }
 
     fn build_batch(&self, schedule: &Schedule) -> ForwardBatch {

@@ -3,8 +3,11 @@
 
 pub mod block_manager;
 pub mod block_pool;
+pub mod cache_plan;
 pub mod core;
 pub mod detokenizer;
+#[cfg(feature = "cuda")]
+pub mod device_sampler;
 pub mod handle;
 pub mod request;
 pub mod sampler;

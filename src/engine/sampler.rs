@@ -40,61 +40,87 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Picks a token; draws from `rng` only when the choice is random, so a greedy request consumes no
+/// randomness and the CPU and CUDA samplers see the same draws for the same seed.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
-    if params.temperature <= 0.0 || params.top_k == 1 {
+    if is_greedy(params) {
+        return argmax(logits);
+    }
+    sample_with_uniform(logits, params, rng.random::<f32>())
+}
+
+pub fn is_greedy(params: &SamplingParams) -> bool {
+    params.temperature <= 0.0 || params.top_k == 1
+}
+
+/// The sampling rule, the same in meaning as the CUDA kernel's (kernels/sampling.cu): weights
+/// `exp((l - max) / T)`; top-k keeps logits at or above the k-th largest logit, and top-p keeps logits
+/// at or above the one where the descending cumulative weight first reaches `top_p` of the kept
+/// weight (ties at either threshold are kept, as in Hugging Face's warpers); the token is found by
+/// walking the kept weights in index order until `u * total` is passed. Thresholds instead of sorted candidate
+/// lists are what lets the GPU do this without sorting a 152k-entry row.
+pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f32) -> u32 {
+    if is_greedy(params) {
         return argmax(logits);
     }
     let inv_t = 1.0 / params.temperature;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Unnormalised probabilities; candidates narrowed by top-k, then by top-p.
     let weight = |l: f32| ((l - max) * inv_t).exp();
-    let mut candidates: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, weight(l)))
-        .collect();
-    let by_weight_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if params.top_k > 0 && params.top_k < candidates.len() {
-        candidates.select_nth_unstable_by(params.top_k - 1, by_weight_desc);
-        candidates.truncate(params.top_k);
+    let mut floor = f32::NEG_INFINITY;
+    if params.top_k > 0 && params.top_k < logits.len() {
+        let mut sorted = logits.to_vec();
+        let (_, kth, _) = sorted.select_nth_unstable_by(params.top_k - 1, |a, b| b.total_cmp(a));
+        floor = *kth;
     }
     if params.top_p < 1.0 {
-        let total: f32 = candidates.iter().map(|c| c.1).sum();
-        let target = params.top_p.max(0.0) * total;
-        // Sorting a 152k-entry row every step is wasteful: sort a growing head until it holds the mass.
-        let mut head = 64.min(candidates.len());
-        loop {
-            if head < candidates.len() {
-                candidates.select_nth_unstable_by(head - 1, by_weight_desc);
-            }
-            let mut sorted: Vec<(u32, f32)> = candidates[..head].to_vec();
-            sorted.sort_unstable_by(by_weight_desc);
-            let mut acc = 0.0;
-            let mut keep = sorted.len();
-            for (i, c) in sorted.iter().enumerate() {
-                acc += c.1;
-                if acc >= target {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            if acc >= target || head == candidates.len() {
-                sorted.truncate(keep);
-                candidates = sorted;
-                break;
-            }
-            head = (head * 4).min(candidates.len());
+        floor = floor.max(top_p_floor(logits, floor, params.top_p.max(0.0), weight));
+    }
+    let total: f32 = logits
+        .iter()
+        .filter(|&&l| l >= floor)
+        .map(|&l| weight(l))
+        .sum();
+    let r = u * total;
+    let mut acc = 0.0f32;
+    let mut last_kept = argmax(logits);
+    for (i, &l) in logits.iter().enumerate() {
+        if l < floor {
+            continue;
+        }
+        acc += weight(l);
+        last_kept = i as u32;
+        if r < acc {
+            return i as u32;
         }
     }
-    let total: f32 = candidates.iter().map(|c| c.1).sum();
-    let mut r = rng.random::<f32>() * total;
-    for &(id, w) in &candidates {
-        if r < w {
-            return id;
+    last_kept
+}
+
+/// The smallest logit that top-p keeps among logits >= `floor`.
+fn top_p_floor(logits: &[f32], floor: f32, top_p: f32, weight: impl Fn(f32) -> f32) -> f32 {
+    let mut kept: Vec<f32> = logits.iter().copied().filter(|&l| l >= floor).collect();
+    let target = top_p * kept.iter().map(|&l| weight(l)).sum::<f32>();
+    let desc = |a: &f32, b: &f32| b.total_cmp(a);
+    // Sorting a 152k-entry row every step is wasteful: sort a growing head until it holds the mass.
+    let mut head = 64.min(kept.len());
+    loop {
+        if head < kept.len() {
+            kept.select_nth_unstable_by(head - 1, desc);
         }
-        r -= w;
+        kept[..head].sort_unstable_by(desc);
+        let mut acc = 0.0f32;
+        for &l in &kept[..head] {
+            acc += weight(l);
+            if acc >= target {
+                return l;
+            }
+        }
+        if head == kept.len() {
+            // Rounding left the sum a hair under the target: keep everything.
+            return kept.last().copied().unwrap_or(floor);
+        }
+        head = (head * 4).min(kept.len());
     }
-    candidates.last().map(|c| c.0).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -151,6 +177,36 @@ mod tests {
         let seen: std::collections::HashSet<u32> =
             (0..400).map(|_| sample(&peaked, &p9, &mut rng)).collect();
         assert_eq!(seen, [10, 20].into_iter().collect());
+    }
+
+    #[test]
+    fn thresholds_keep_ties_and_walk_in_index_order() {
+        // Logits 3, 1, 3, 2 at temperature 1: top-k 1-of-ties keeps both 3s.
+        let logits = [3.0f32, 1.0, 3.0, 2.0];
+        let k1 = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..SamplingParams::default()
+        };
+        // Kept weights (index order) 1, 1 -> u below 0.5 picks index 0, above picks index 2.
+        assert_eq!(sample_with_uniform(&logits, &k1, 0.49), 0);
+        assert_eq!(sample_with_uniform(&logits, &k1, 0.51), 2);
+        // top-p: weights e^0, e^-2, e^0, e^-1 (total 2.5032); 0.5 of it is reached by the first 3,
+        // whose tie is kept, so the draw is between indices 0 and 2 again.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..SamplingParams::default()
+        };
+        assert_eq!(sample_with_uniform(&logits, &p, 0.99), 2);
+        // No cut: weights 1, e^-2, 1, e^-1 over total 2.5032; r = 0.45 * 2.5032 = 1.126 falls in index 1's
+        // or index 2's span: 1 + e^-2 = 1.135 > 1.126, so index 1.
+        let all = SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        };
+        assert_eq!(sample_with_uniform(&logits, &all, 0.45), 1);
+        assert_eq!(sample_with_uniform(&logits, &all, 0.46), 2);
     }
 
     #[test]

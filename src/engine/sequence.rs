@@ -107,18 +107,49 @@ impl Sequence {
         tokenizer: &Tokenizer,
         max_model_len: usize,
     ) -> Progress {
-        let step = self.num_generated();
-        let wants_logprobs = self.params.logprobs || !self.params.probes.is_empty();
-        let norm = wants_logprobs.then(|| LogSoftmax::new(logits));
-        let probes = match &norm {
-            Some(norm) => self.probe(norm, logits, step),
-            None => Vec::new(),
-        };
+        let norm = self.wants_logprobs().then(|| LogSoftmax::new(logits));
         let token = sampler::sample(logits, &self.params, &mut self.rng);
-        let logprob = match (&norm, self.params.logprobs) {
-            (Some(norm), true) => Some(norm.logprob(logits, token)),
-            _ => None,
+        let logprob = |t: u32| match &norm {
+            Some(norm) => norm.logprob(logits, t),
+            None => f32::NAN,
         };
+        self.accept_token(token, &logprob, tokenizer, max_model_len)
+    }
+
+    /// The uniform draw for this step's token, taken from the request's own RNG exactly as the CPU
+    /// sampler would take it (none for greedy requests). The device sampler uses it.
+    pub fn draw_uniform(&mut self) -> f32 {
+        if sampler::is_greedy(&self.params) {
+            0.0
+        } else {
+            rand::Rng::random::<f32>(&mut self.rng)
+        }
+    }
+
+    /// Tokens whose log-probabilities this step reports besides the sampled one (probes that fire).
+    pub fn probed_tokens(&self) -> Vec<u32> {
+        let step = self.num_generated();
+        self.firing_probes(step)
+            .flat_map(|p| p.token_ids.iter().copied())
+            .collect()
+    }
+
+    pub fn wants_logprobs(&self) -> bool {
+        self.params.logprobs || !self.params.probes.is_empty()
+    }
+
+    /// Reports a token chosen elsewhere (the device sampler); `logprob` answers for the sampled token
+    /// and for [`Self::probed_tokens`].
+    pub fn accept_token(
+        &mut self,
+        token: u32,
+        logprob: &dyn Fn(u32) -> f32,
+        tokenizer: &Tokenizer,
+        max_model_len: usize,
+    ) -> Progress {
+        let step = self.num_generated();
+        let probes = self.probe(logprob, step);
+        let logprob = self.params.logprobs.then(|| logprob(token));
         self.tokens.push(token);
         let now = Instant::now();
         if let Some(previous) = self.last_token.replace(now) {
@@ -150,23 +181,20 @@ impl Sequence {
         }
     }
 
-    fn probe(&self, norm: &LogSoftmax, logits: &[f32], step: usize) -> Vec<ProbeResult> {
+    fn firing_probes(&self, step: usize) -> impl Iterator<Item = &super::request::LogprobProbe> {
         let text = self.detokenizer.text();
-        self.params
-            .probes
-            .iter()
-            .filter(|p| match &p.at {
-                ProbeTrigger::Step(n) => *n == step,
-                ProbeTrigger::AfterText(s) => text.ends_with(s.as_str()),
-                ProbeTrigger::EveryStep => true,
-            })
+        self.params.probes.iter().filter(move |p| match &p.at {
+            ProbeTrigger::Step(n) => *n == step,
+            ProbeTrigger::AfterText(s) => text.ends_with(s.as_str()),
+            ProbeTrigger::EveryStep => true,
+        })
+    }
+
+    fn probe(&self, logprob: &dyn Fn(u32) -> f32, step: usize) -> Vec<ProbeResult> {
+        self.firing_probes(step)
             .map(|p| ProbeResult {
                 step,
-                logprobs: p
-                    .token_ids
-                    .iter()
-                    .map(|&t| (t, norm.logprob(logits, t)))
-                    .collect(),
+                logprobs: p.token_ids.iter().map(|&t| (t, logprob(t))).collect(),
             })
             .collect()
     }

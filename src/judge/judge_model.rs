@@ -129,6 +129,7 @@ pub struct JudgeModelOptions {
     pub manifest: Option<std::path::PathBuf>,
     /// Served name; default: the model's own name.
     pub name: Option<String>,
+    pub device: crate::model::DeviceChoice,
     pub engine: EngineConfig,
 }
 
@@ -143,6 +144,7 @@ impl JudgeModel {
             spec,
             &crate::model::LoadOptions {
                 tokenizer: options.tokenizer.clone(),
+                device: options.device.open()?,
                 ..crate::model::LoadOptions::default()
             },
         )?;

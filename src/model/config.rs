@@ -68,8 +68,26 @@ impl Qwen2Config {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Self =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Self::from_json_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let mut json: serde_json::Value = serde_json::from_str(text)?;
+        // transformers 5 saves RoPE settings as `rope_parameters: {rope_theta, rope_type}` instead of
+        // a top-level `rope_theta`; falling back to the 10k default there would silently skew every
+        // position.
+        if let Some(obj) = json.as_object_mut() {
+            if !obj.contains_key("rope_theta") {
+                let nested = obj
+                    .get("rope_parameters")
+                    .and_then(|p| p.get("rope_theta"))
+                    .cloned();
+                if let Some(theta) = nested {
+                    obj.insert("rope_theta".to_string(), theta);
+                }
+            }
+        }
+        let cfg: Self = serde_json::from_value(json)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -149,5 +167,27 @@ impl Qwen2Config {
 
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2"#;
+
+    #[test]
+    fn rope_theta_from_top_level_or_transformers5_rope_parameters() {
+        let top =
+            Qwen2Config::from_json_str(&format!("{{{BASE}, \"rope_theta\": 1000000.0}}")).unwrap();
+        assert_eq!(top.rope_theta, 1e6);
+        let nested = Qwen2Config::from_json_str(&format!(
+            "{{{BASE}, \"rope_parameters\": {{\"rope_theta\": 500000.0, \"rope_type\": \"default\"}}}}"
+        ))
+        .unwrap();
+        assert_eq!(nested.rope_theta, 5e5);
+        let neither = Qwen2Config::from_json_str(&format!("{{{BASE}}}")).unwrap();
+        assert_eq!(neither.rope_theta, 10_000.0);
     }
 }

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod int8_matmul;
 pub mod loader;
 pub mod parallel;
@@ -12,6 +13,7 @@ pub mod tokenizer;
 
 pub use attention::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 pub use config::Qwen2Config;
+pub use device::DeviceChoice;
 pub use loader::{load, LoadOptions, LoadedModel, ModelSource};
 pub use qwen2::{ForwardBatch, Qwen2, WeightFormat};
 pub use tokenizer::ModelTokenizer;

@@ -59,6 +59,32 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Several dense projections of the same input stacked into one matmul: one launch instead of
+    /// several on a GPU, and one pass over the input everywhere.
+    fn dense_stacked(
+        parts: &[(VarBuilder, usize)],
+        in_dim: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|(vb, out_dim)| vb.get((*out_dim, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let bias = with_bias
+            .then(|| {
+                let biases = parts
+                    .iter()
+                    .map(|(vb, out_dim)| vb.get(*out_dim, "bias"))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&biases, 0)
+            })
+            .transpose()?;
+        Ok(Self {
+            weight: Weight::Candle(QMatMul::Tensor(Tensor::cat(&weights, 0)?)),
+            bias,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {
@@ -68,16 +94,44 @@ impl Linear {
     }
 }
 
+/// Projections of one input that are used side by side (q/k/v, gate/up): stacked into one matmul for
+/// dense weights, kept apart for quantized ones (k-quant blocks cannot be stacked).
+#[derive(Debug, Clone)]
+enum SideBySide {
+    Stacked { linear: Linear, widths: Vec<usize> },
+    Apart(Vec<Linear>),
+}
+
+impl SideBySide {
+    /// One output per projection, each `[tokens, width]`.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Stacked { linear, widths } => {
+                let y = linear.forward(x)?;
+                let mut start = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, start, w);
+                        start += w;
+                        part
+                    })
+                    .collect()
+            }
+            Self::Apart(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     input_norm: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k, v.
+    qkv: SideBySide,
     o_proj: Linear,
     post_attention_norm: Tensor,
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate, up.
+    gate_up: SideBySide,
     down_proj: Linear,
 }
 
@@ -166,13 +220,28 @@ impl Qwen2 {
             let mlp = l.pp("mlp");
             layers.push(Layer {
                 input_norm: l.pp("input_layernorm").get(h, "weight")?,
-                q_proj: Linear::dense(&attn.pp("q_proj"), q_dim, h, true)?,
-                k_proj: Linear::dense(&attn.pp("k_proj"), kv_dim, h, true)?,
-                v_proj: Linear::dense(&attn.pp("v_proj"), kv_dim, h, true)?,
+                qkv: SideBySide::Stacked {
+                    linear: Linear::dense_stacked(
+                        &[
+                            (attn.pp("q_proj"), q_dim),
+                            (attn.pp("k_proj"), kv_dim),
+                            (attn.pp("v_proj"), kv_dim),
+                        ],
+                        h,
+                        true,
+                    )?,
+                    widths: vec![q_dim, kv_dim, kv_dim],
+                },
                 o_proj: Linear::dense(&attn.pp("o_proj"), h, q_dim, false)?,
                 post_attention_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
-                gate_proj: Linear::dense(&mlp.pp("gate_proj"), i, h, false)?,
-                up_proj: Linear::dense(&mlp.pp("up_proj"), i, h, false)?,
+                gate_up: SideBySide::Stacked {
+                    linear: Linear::dense_stacked(
+                        &[(mlp.pp("gate_proj"), i), (mlp.pp("up_proj"), i)],
+                        h,
+                        false,
+                    )?,
+                    widths: vec![i, i],
+                },
                 down_proj: Linear::dense(&mlp.pp("down_proj"), h, i, false)?,
             });
         }
@@ -215,13 +284,17 @@ impl Qwen2 {
             let p = format!("blk.{idx}");
             layers.push(Layer {
                 input_norm: g.dense(&format!("{p}.attn_norm.weight"))?,
-                q_proj: g.linear(&p, "attn_q", true)?,
-                k_proj: g.linear(&p, "attn_k", true)?,
-                v_proj: g.linear(&p, "attn_v", true)?,
+                qkv: SideBySide::Apart(vec![
+                    g.linear(&p, "attn_q", true)?,
+                    g.linear(&p, "attn_k", true)?,
+                    g.linear(&p, "attn_v", true)?,
+                ]),
                 o_proj: g.linear(&p, "attn_output", false)?,
                 post_attention_norm: g.dense(&format!("{p}.ffn_norm.weight"))?,
-                gate_proj: g.linear(&p, "ffn_gate", false)?,
-                up_proj: g.linear(&p, "ffn_up", false)?,
+                gate_up: SideBySide::Apart(vec![
+                    g.linear(&p, "ffn_gate", false)?,
+                    g.linear(&p, "ffn_up", false)?,
+                ]),
                 down_proj: g.linear(&p, "ffn_down", false)?,
             });
         }
@@ -285,13 +358,15 @@ impl Qwen2 {
         let tokens = Tensor::from_slice(&batch.tokens, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
         let (cos, sin) = self.rope.gather(&positions)?;
+        attention.prepare(&batch.attention)?;
 
         let mut x = self.embed_tokens.embedding(&tokens)?.to_dtype(self.dtype)?;
         for (idx, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let q = layer.q_proj.forward(&h)?.reshape((1, n, heads, d))?;
-            let k = layer.k_proj.forward(&h)?.reshape((1, n, kv_heads, d))?;
-            let v = layer.v_proj.forward(&h)?.reshape((n, kv_heads, d))?;
+            let qkv = layer.qkv.forward(&h)?;
+            let q = qkv[0].reshape((1, n, heads, d))?;
+            let k = qkv[1].reshape((1, n, kv_heads, d))?;
+            let v = qkv[2].contiguous()?.reshape((n, kv_heads, d))?;
             let q = self.rope.apply(&q, &cos, &sin)?.reshape((n, heads, d))?;
             let k = self.rope.apply(&k, &cos, &sin)?.reshape((n, kv_heads, d))?;
             let attn = attention
@@ -301,9 +376,9 @@ impl Qwen2 {
             x = (x + layer.o_proj.forward(&attn)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.post_attention_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&h)?)?;
-            let up = layer.up_proj.forward(&h)?;
-            x = (x + layer.down_proj.forward(&(gate * up)?)?)?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            let gate = candle_nn::ops::silu(&gate_up[0])?;
+            x = (x + layer.down_proj.forward(&(gate * &gate_up[1])?)?)?;
         }
         let rows = Tensor::from_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
         let last = x.index_select(&rows, 0)?;

@@ -176,3 +176,16 @@ impl ModelTokenizer {
             .render(messages, add_generation_prompt)
     }
 }
+
+/// A tokenizer whose token `i` is the word `t{i}`, for engines run on random-weight models
+/// (benchmarks, GPU checks): the engine needs one to detokenize, nobody reads the text.
+pub fn numbered_vocabulary(vocab: usize) -> Result<Tokenizer> {
+    use tokenizers::models::wordlevel::WordLevel;
+    let words = (0..vocab).map(|i| (format!("t{i}"), i as u32)).collect();
+    let model = WordLevel::builder()
+        .vocab(words)
+        .unk_token("t0".into())
+        .build()
+        .map_err(|e| anyhow::anyhow!("building a numbered vocabulary: {e}"))?;
+    Ok(Tokenizer::new(model))
+}

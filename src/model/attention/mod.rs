@@ -7,6 +7,8 @@
 //! scheduler and the forward never change when the device does.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use candle_core::{Result, Tensor};
 
@@ -60,6 +62,13 @@ impl CacheShape {
 /// Writes K/V into the paged cache and computes causal grouped-query attention over it.
 pub trait PagedAttention: Send {
     fn cache_shape(&self) -> CacheShape;
+
+    /// Called once per forward step before the first layer, with the batch every layer will see
+    /// (a device backend uploads its per-step metadata here instead of once per layer).
+    fn prepare(&mut self, batch: &AttentionBatch) -> Result<()> {
+        let _ = batch;
+        Ok(())
+    }
 
     /// `q`: `[tokens, num_heads, head_dim]`, `k`/`v`: `[tokens, num_kv_heads, head_dim]`, all rotated
     /// and contiguous. Writes k/v at `batch.slot_mapping`, then returns `[tokens, num_heads * head_dim]`

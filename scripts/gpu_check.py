@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Model half of scripts/gpu-check.sh (runs on the GPU machine, where torch and transformers are).
+
+Writes a random-weight Qwen2 with Qwen2.5 head sizes (head_dim 128, 14 query / 2 kv heads = 7:1 GQA,
+3 layers, the real 151,936-token vocabulary) as bf16 safetensors, runs it through
+`rmr1 gpu-check model` and through Hugging Face transformers on the same GPU, and compares:
+  - logits of the last positions of prompts of different lengths, all in one rmr1 forward step:
+    rmr1 (bf16) and transformers (bf16) are both measured against transformers in f32 on the same
+    bf16 weights, and rmr1 passes if its error is within 3x transformers' own bf16 error;
+  - greedy tokens through the whole rmr1 engine (chunked prefill, batching, device sampler) against
+    transformers' greedy tokens; a divergence counts only where the f32 logits of the two candidate
+    tokens differ by more than bf16 noise (a near tie is reported, not failed);
+  - a second wave of prompts sharing a long prefix with the first, which must be served from the
+    prefix cache and still match.
+Then prints the kernel checks' rows (from rmr1 gpu-check kernels --json) and these, a table last.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+VOCAB = 151_936
+PROMPT_LENGTHS = [1, 7, 33, 130, 515, 1100]
+LOGIT_POSITIONS = 4
+NEW_TOKENS = 16
+SHARED_PREFIX = 400  # 25 whole blocks of 16: the prefix cache can serve all of it
+
+
+def make_config():
+    common = dict(
+        vocab_size=VOCAB, hidden_size=14 * 128, intermediate_size=4864, num_hidden_layers=3,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+    )
+    try:  # transformers 5 names RoPE settings rope_parameters
+        return Qwen2Config(rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **common)
+    except TypeError:
+        return Qwen2Config(rope_theta=1e6, **common)
+
+
+def write_model(path, seed):
+    torch.manual_seed(seed)
+    config = make_config()
+    model = Qwen2ForCausalLM(config).to("cuda", torch.float32)
+    with torch.no_grad():
+        # Scales that keep activations O(1) and logits spread (std ~4), so greedy choices are
+        # decided by real margins rather than by bf16 rounding.
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+            elif "embed_tokens" in name:
+                p.normal_(0.0, 1.0)
+            elif "lm_head" in name:
+                p.normal_(0.0, 4.0 / math.sqrt(p.shape[1]))
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]))
+    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    del model
+    with open(os.path.join(path, "config.json")) as f:
+        saved = json.load(f)
+    print("config.json rope:", {k: saved.get(k) for k in ("rope_theta", "rope_parameters", "head_dim")})
+
+
+def load(path, dtype):
+    model = Qwen2ForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model.to("cuda").eval()
+
+
+@torch.no_grad()
+def logits_of(model, ids):
+    return model(torch.tensor([ids], device="cuda")).logits[0].float()
+
+
+@torch.no_grad()
+def greedy(model, ids, n):
+    """Greedy tokens by full forwards (no cache: transparent, and cheap for 3 layers)."""
+    out = []
+    for _ in range(n):
+        row = logits_of(model, ids + out)[-1]
+        out.append(int(row.argmax()))
+    return out
+
+
+def row(check, max_error, tolerance, passed, detail):
+    return {"check": check, "max_error": float(max_error), "tolerance": float(tolerance),
+            "passed": bool(passed), "detail": detail}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--kernels-json")
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    args = ap.parse_args()
+    print(f"model check, seed {args.seed}; torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    rng = np.random.default_rng(args.seed)
+    model_dir = os.path.join(args.work, "qwen2-random")
+    os.makedirs(model_dir, exist_ok=True)
+    write_model(model_dir, args.seed)
+
+    prompts = [rng.integers(0, VOCAB, n).tolist() for n in PROMPT_LENGTHS]
+    second = [prompts[4][:SHARED_PREFIX] + rng.integers(0, VOCAB, 37).tolist(), list(prompts[3])]
+    check_input = {"prompts": prompts, "logit_positions": LOGIT_POSITIONS, "new_tokens": NEW_TOKENS,
+                   "second_wave": second}
+    input_path = os.path.join(args.work, "model_input.json")
+    with open(input_path, "w") as f:
+        json.dump(check_input, f)
+
+    results = []
+    started = time.time()
+    ours_run = subprocess.run([args.bin, "gpu-check", "model", "--model", model_dir, "--input", input_path,
+                               "--out", args.work], capture_output=True, text=True)
+    print(ours_run.stdout + ours_run.stderr[-4000:])
+    print(f"rmr1 model run: exit {ours_run.returncode} in {time.time() - started:.1f} s")
+    if ours_run.returncode != 0:
+        results.append(row("model: rmr1 gpu-check model ran", float("nan"), 0, False,
+                           ours_run.stderr.strip().splitlines()[-1] if ours_run.stderr.strip() else "failed"))
+        return finish(args, results)
+    with open(os.path.join(args.work, "ours.json")) as f:
+        ours = json.load(f)
+    ours_logits = np.load(os.path.join(args.work, "ours_logits.npy"))
+
+    hf16, hf32 = load(model_dir, torch.bfloat16), load(model_dir, torch.float32)
+    # Logits of the chosen positions.
+    ref32 = {i: logits_of(hf32, p).cpu().numpy() for i, p in enumerate(prompts)}
+    ref16 = {i: logits_of(hf16, p).cpu().numpy() for i, p in enumerate(prompts)}
+    err_ours = err_hf = 0.0
+    argmax_agree = 0
+    for r, (i, pos) in enumerate(ours["logit_rows"]):
+        want = ref32[i][pos]
+        err_ours = max(err_ours, float(np.abs(ours_logits[r] - want).max()))
+        err_hf = max(err_hf, float(np.abs(ref16[i][pos] - want).max()))
+        argmax_agree += int(ours_logits[r].argmax() == want.argmax())
+    n_rows = len(ours["logit_rows"])
+    bound = 3.0 * err_hf + 1e-3
+    results.append(row("model: logits vs transformers f32", err_ours, bound, err_ours <= bound,
+                       f"{n_rows} positions of prompts {PROMPT_LENGTHS} in one step; transformers bf16 "
+                       f"error {err_hf:.3e}; argmax agrees on {argmax_agree}/{n_rows}"))
+
+    # Greedy tokens through the engine.
+    tie = max(0.05, 2.0 * err_ours)
+    waves = {1: prompts, 2: second}
+    compared = mismatched = 0
+    notes = []
+    lp_err = 0.0
+    for g in ours["generations"]:
+        prompt = waves[g["wave"]][g["index"]]
+        want = greedy(hf16, prompt, NEW_TOKENS)
+        got = g["tokens"]
+        for j, (a, b) in enumerate(zip(got, want)):
+            # Log-probability the engine reported for its token, against transformers f32.
+            row32 = torch.log_softmax(torch.tensor(logits_of(hf32, prompt + got[:j])[-1].cpu().numpy()), -1)
+            lp_err = max(lp_err, abs(float(row32[a]) - g["logprobs"][j]))
+            if a == b:
+                compared += 1
+                continue
+            margin = abs(float(row32[a]) - float(row32[b]))
+            if margin <= tie:
+                notes.append(f"wave {g['wave']} #{g['index']}: near tie at step {j} (margin {margin:.3f})")
+            else:
+                mismatched += 1
+                notes.append(f"wave {g['wave']} #{g['index']}: step {j} ours {a} hf {b} (margin {margin:.3f})")
+            break
+    results.append(row("model: greedy tokens vs transformers bf16", mismatched, 0, mismatched == 0,
+                       f"{compared} tokens equal over {len(ours['generations'])} generations; "
+                       + ("; ".join(notes) or "no divergence")))
+    results.append(row("model: engine logprobs vs transformers f32", lp_err, 0.1, lp_err <= 0.1,
+                       "log p of each generated token"))
+    cached = [g["cached_tokens"] for g in ours["generations"] if g["wave"] == 2]
+    results.append(row("model: prefix-cache hit in second wave", 0 if cached and cached[0] >= SHARED_PREFIX - 16 else 1,
+                       0, bool(cached) and cached[0] >= SHARED_PREFIX - 16,
+                       f"cached tokens {cached} (shared prefix {SHARED_PREFIX}, identical prompt "
+                       f"{PROMPT_LENGTHS[3]}); engine prefix hits {ours['prefix_hit_tokens']}"))
+    return finish(args, results)
+
+
+def finish(args, results):
+    kernels = []
+    if args.kernels_json and os.path.exists(args.kernels_json):
+        with open(args.kernels_json) as f:
+            kernels = json.load(f)
+    else:
+        kernels = [row("kernels: rmr1 gpu-check kernels ran", float("nan"), 0, False, "no results file")]
+    table = kernels + results
+    with open(os.path.join(args.work, "gpu_check_results.json"), "w") as f:
+        json.dump(table, f, indent=1)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "gpu_check_results.json"), "w") as f:
+            json.dump(table, f, indent=1)
+    print()
+    print(f"{'check':<46} {'max error':>11} {'tolerance':>10}  result")
+    for r in table:
+        print(f"{r['check']:<46} {r['max_error']:>11.3e} {r['tolerance']:>10.1e}  "
+              f"{'pass' if r['passed'] else 'FAIL'}")
+    failed = sum(not r["passed"] for r in table)
+    print(f"{len(table) - failed}/{len(table)} checks passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
