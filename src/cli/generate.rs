@@ -35,6 +35,9 @@ pub struct GenerateArgs {
     top_k: usize,
     #[arg(long)]
     seed: Option<u64>,
+    /// cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value_t = model::DeviceChoice::Auto)]
+    device: model::DeviceChoice,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -42,6 +45,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         &args.model,
         &LoadOptions {
             tokenizer: args.tokenizer.clone(),
+            device: args.device.open()?,
             ..LoadOptions::default()
         },
     )?;

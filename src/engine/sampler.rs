@@ -228,4 +228,74 @@ mod tests {
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
     }
+
+    /// The rule written the slow, obvious way: sort everything.
+    fn sort_reference(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
+        if is_greedy(p) {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |l: f32| ((l - max) / p.temperature).exp();
+        let mut desc = logits.to_vec();
+        desc.sort_by(|a, b| b.total_cmp(a));
+        let mut floor = f32::NEG_INFINITY;
+        if p.top_k > 0 && p.top_k < logits.len() {
+            floor = desc[p.top_k - 1];
+        }
+        if p.top_p < 1.0 {
+            let kept: Vec<f32> = desc.iter().copied().filter(|&l| l >= floor).collect();
+            let target = p.top_p.max(0.0)
+                * logits
+                    .iter()
+                    .filter(|&&l| l >= floor)
+                    .map(|&l| weight(l))
+                    .sum::<f32>();
+            let mut acc = 0.0;
+            let mut crossing = *kept.last().unwrap();
+            for &l in &kept {
+                acc += weight(l);
+                if acc >= target {
+                    crossing = l;
+                    break;
+                }
+            }
+            floor = floor.max(crossing);
+        }
+        let total: f32 = logits
+            .iter()
+            .filter(|&&l| l >= floor)
+            .map(|&l| weight(l))
+            .sum();
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l >= floor {
+                acc += weight(l);
+                last = i as u32;
+                if u * total < acc {
+                    return i as u32;
+                }
+            }
+        }
+        last
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn thresholds_match_the_sorting_reference(
+            // Small integer logits make ties at both thresholds common.
+            logits in proptest::collection::vec(-6i32..6, 1..300),
+            temperature in 0.3f32..2.0,
+            top_k in 0usize..20,
+            top_p in 0.0f32..1.2,
+            u in 0.0f32..1.0,
+        ) {
+            let logits: Vec<f32> = logits.into_iter().map(|l| l as f32 * 0.5).collect();
+            let p = SamplingParams { temperature, top_k, top_p: top_p.min(1.0), ..SamplingParams::default() };
+            proptest::prop_assert_eq!(
+                sample_with_uniform(&logits, &p, u),
+                sort_reference(&logits, &p, u)
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! per-step metadata (slots, block tables, each token's sequence and context length) is uploaded once
 //! in [`PagedAttention::prepare`] and shared by every layer of the step.
 
+use super::step_layout::StepLayout;
 use super::{AttentionBatch, BlockId, CacheShape, PagedAttention};
 use crate::cuda::{self, launch_config, PAGED_ATTENTION};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
@@ -205,59 +206,8 @@ impl PagedAttention for CudaPagedAttention {
     fn prepare(&mut self, batch: &AttentionBatch) -> Result<()> {
         let s = self.shape;
         let n = batch.num_tokens();
-        let num_slots = self.num_slots();
-        if let Some(&slot) = batch
-            .slot_mapping
-            .iter()
-            .find(|&&x| x as usize >= num_slots)
-        {
-            bail!("slot {slot} outside a cache of {num_slots} slots");
-        }
-        let max_blocks = batch
-            .sequences
-            .iter()
-            .map(|span| span.block_table.len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut tables = vec![0u32; batch.sequences.len() * max_blocks];
-        let mut token_seq = vec![u32::MAX; n];
-        let mut token_ctx = vec![0u32; n];
-        for (i, span) in batch.sequences.iter().enumerate() {
-            if span.block_table.len() * s.block_size < span.context_len
-                || span.query_len > span.context_len
-                || span.query_start + span.query_len > n
-            {
-                bail!(
-                    "sequence {i}: {} blocks, {} context tokens, rows {}..{} of {n}",
-                    span.block_table.len(),
-                    span.context_len,
-                    span.query_start,
-                    span.query_start + span.query_len
-                );
-            }
-            if let Some(&b) = span
-                .block_table
-                .iter()
-                .find(|&&b| b as usize >= s.num_blocks)
-            {
-                bail!("block {b} outside a cache of {} blocks", s.num_blocks);
-            }
-            tables[i * max_blocks..][..span.block_table.len()].copy_from_slice(&span.block_table);
-            for j in 0..span.query_len {
-                let row = span.query_start + j;
-                if token_seq[row] != u32::MAX {
-                    bail!("token row {row} belongs to two sequences");
-                }
-                token_seq[row] = i as u32;
-                token_ctx[row] = (span.context_len - span.query_len + j + 1) as u32;
-            }
-        }
-        if let Some(row) = token_seq.iter().position(|&x| x == u32::MAX) {
-            bail!("token row {row} belongs to no sequence");
-        }
-        let max_ctx = token_ctx.iter().copied().max().unwrap_or(1) as usize;
-        let num_splits = max_ctx.div_ceil(PARTITION).max(1);
+        let layout = StepLayout::new(batch, &s, PARTITION)?;
+        let num_splits = layout.num_splits;
         // With one partition the kernel writes the output directly and never touches the scratch.
         let partial = if num_splits > 1 {
             n * self.num_heads
@@ -268,11 +218,11 @@ impl PagedAttention for CudaPagedAttention {
         self.step = Some(StepMetadata {
             num_tokens: n,
             num_splits,
-            max_blocks_per_seq: max_blocks,
+            max_blocks_per_seq: layout.max_blocks_per_seq,
             slot_mapping: cuda::upload(dev, &batch.slot_mapping)?,
-            block_tables: cuda::upload(dev, &tables)?,
-            token_seq: cuda::upload(dev, &token_seq)?,
-            token_ctx: cuda::upload(dev, &token_ctx)?,
+            block_tables: cuda::upload(dev, &layout.block_tables)?,
+            token_seq: cuda::upload(dev, &layout.token_seq)?,
+            token_ctx: cuda::upload(dev, &layout.token_ctx)?,
             part_out: dev.alloc_zeros::<f32>(partial * num_splits * s.head_dim)?,
             part_max: dev.alloc_zeros::<f32>(partial * num_splits)?,
             part_sum: dev.alloc_zeros::<f32>(partial * num_splits)?,

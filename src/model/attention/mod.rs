@@ -9,6 +9,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod step_layout;
 
 use candle_core::{Result, Tensor};
 

@@ -1,0 +1,155 @@
+//! The per-token view of an [`AttentionBatch`] that device kernels index, built and validated on the
+//! host: a kernel trusts every index it is given, so every check happens here (and is unit-tested
+//! without a GPU).
+
+use super::{AttentionBatch, CacheShape};
+use candle_core::{bail, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLayout {
+    /// Row of each token's sequence in `block_tables`.
+    pub token_seq: Vec<u32>,
+    /// Positions each token attends to: its own position + 1.
+    pub token_ctx: Vec<u32>,
+    /// One row of `max_blocks_per_seq` block ids per sequence, padded with block 0 (never read:
+    /// a token only reads blocks below its context).
+    pub block_tables: Vec<u32>,
+    pub max_blocks_per_seq: usize,
+    /// Partitions of `partition` positions the longest context needs (at least 1).
+    pub num_splits: usize,
+}
+
+impl StepLayout {
+    pub fn new(batch: &AttentionBatch, shape: &CacheShape, partition: usize) -> Result<Self> {
+        let n = batch.num_tokens();
+        let num_slots = shape.num_blocks * shape.block_size;
+        if let Some(&slot) = batch
+            .slot_mapping
+            .iter()
+            .find(|&&x| x as usize >= num_slots)
+        {
+            bail!("slot {slot} outside a cache of {num_slots} slots");
+        }
+        let max_blocks = batch
+            .sequences
+            .iter()
+            .map(|span| span.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut block_tables = vec![0u32; batch.sequences.len() * max_blocks];
+        let mut token_seq = vec![u32::MAX; n];
+        let mut token_ctx = vec![0u32; n];
+        for (i, span) in batch.sequences.iter().enumerate() {
+            if span.block_table.len() * shape.block_size < span.context_len
+                || span.query_len > span.context_len
+                || span.query_start + span.query_len > n
+            {
+                bail!(
+                    "sequence {i}: {} blocks, {} context tokens, rows {}..{} of {n}",
+                    span.block_table.len(),
+                    span.context_len,
+                    span.query_start,
+                    span.query_start + span.query_len
+                );
+            }
+            if let Some(&b) = span
+                .block_table
+                .iter()
+                .find(|&&b| b as usize >= shape.num_blocks)
+            {
+                bail!("block {b} outside a cache of {} blocks", shape.num_blocks);
+            }
+            block_tables[i * max_blocks..][..span.block_table.len()]
+                .copy_from_slice(&span.block_table);
+            for j in 0..span.query_len {
+                let row = span.query_start + j;
+                if token_seq[row] != u32::MAX {
+                    bail!("token row {row} belongs to two sequences");
+                }
+                token_seq[row] = i as u32;
+                token_ctx[row] = (span.context_len - span.query_len + j + 1) as u32;
+            }
+        }
+        if let Some(row) = token_seq.iter().position(|&x| x == u32::MAX) {
+            bail!("token row {row} belongs to no sequence");
+        }
+        let max_ctx = token_ctx.iter().copied().max().unwrap_or(1) as usize;
+        Ok(Self {
+            token_seq,
+            token_ctx,
+            block_tables,
+            max_blocks_per_seq: max_blocks,
+            num_splits: max_ctx.div_ceil(partition).max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SequenceSpan;
+
+    fn shape() -> CacheShape {
+        CacheShape {
+            num_layers: 1,
+            num_blocks: 8,
+            block_size: 4,
+            num_kv_heads: 1,
+            head_dim: 8,
+        }
+    }
+
+    fn span(
+        query_start: usize,
+        query_len: usize,
+        context_len: usize,
+        blocks: &[u32],
+    ) -> SequenceSpan {
+        SequenceSpan {
+            query_start,
+            query_len,
+            context_len,
+            block_table: blocks.to_vec(),
+        }
+    }
+
+    #[test]
+    fn tokens_map_to_their_sequence_and_causal_context() {
+        // A decode token at position 9 (context 10) and a 3-token chunk over 2 cached tokens.
+        let batch = AttentionBatch {
+            slot_mapping: vec![5 * 4 + 1, 2 * 4 + 2, 2 * 4 + 3, 7 * 4],
+            sequences: vec![span(0, 1, 10, &[1, 4, 5]), span(1, 3, 5, &[2, 7])],
+        };
+        let layout = StepLayout::new(&batch, &shape(), 4).unwrap();
+        assert_eq!(layout.token_seq, vec![0, 1, 1, 1]);
+        assert_eq!(layout.token_ctx, vec![10, 3, 4, 5]);
+        assert_eq!(layout.max_blocks_per_seq, 3);
+        assert_eq!(layout.block_tables, vec![1, 4, 5, 2, 7, 0]);
+        // Longest context 10 over partitions of 4 positions.
+        assert_eq!(layout.num_splits, 3);
+    }
+
+    #[test]
+    fn rejects_what_a_kernel_would_read_out_of_bounds() {
+        let ok = span(0, 1, 4, &[1]);
+        let cases = [
+            (vec![32], vec![ok.clone()], "slot 32"),
+            (vec![0], vec![span(0, 1, 5, &[1])], "1 blocks, 5 context"),
+            (vec![0], vec![span(0, 1, 4, &[8])], "block 8"),
+            (vec![0, 1], vec![ok.clone()], "row 1 belongs to no sequence"),
+            (vec![0], vec![ok.clone(), ok.clone()], "two sequences"),
+            (vec![0], vec![span(0, 2, 4, &[1])], "rows 0..2 of 1"),
+        ];
+        for (slots, sequences, message) in cases {
+            let batch = AttentionBatch {
+                slot_mapping: slots,
+                sequences,
+            };
+            let err = StepLayout::new(&batch, &shape(), 4)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{err:?} should mention {message:?}");
+        }
+    }
+}
