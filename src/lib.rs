@@ -9,7 +9,6 @@ pub mod bench;
 pub mod cuda;
 pub mod engine;
 pub mod eval;
-#[cfg(feature = "cuda")]
 pub mod gpu_check;
 pub mod judge;
 pub mod metrics;

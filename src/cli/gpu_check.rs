@@ -30,38 +30,45 @@ pub enum GpuCheckCommand {
         /// Directory for ours_logits.npy and ours.json.
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value_t = rmr1::model::DeviceChoice::Cuda(0))]
+        device: rmr1::model::DeviceChoice,
     },
 }
 
-#[cfg(feature = "cuda")]
 pub fn run(args: GpuCheckArgs) -> Result<()> {
-    use rmr1::gpu_check;
-    let device = candle_core::Device::new_cuda(0)?;
     match args.command {
-        GpuCheckCommand::Kernels { seed, json } => {
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64)
-            });
-            println!("kernel checks, seed {seed}");
-            let results = gpu_check::kernels::run(&device, seed);
-            gpu_check::print_table(&results);
-            if let Some(path) = json {
-                std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
-            }
-            let failed = results.iter().filter(|r| !r.passed).count();
-            anyhow::ensure!(failed == 0, "{failed} kernel checks failed (seed {seed})");
-            Ok(())
-        }
-        GpuCheckCommand::Model { model, input, out } => {
-            gpu_check::model::run(&model, &input, &out, &device)
-        }
+        GpuCheckCommand::Kernels { seed, json } => kernels(seed, json),
+        GpuCheckCommand::Model {
+            model,
+            input,
+            out,
+            device,
+        } => rmr1::gpu_check::model::run(&model, &input, &out, &device.open()?),
     }
 }
 
+#[cfg(feature = "cuda")]
+fn kernels(seed: Option<u64>, json: Option<PathBuf>) -> Result<()> {
+    use rmr1::gpu_check;
+    let device = candle_core::Device::new_cuda(0)?;
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    println!("kernel checks, seed {seed}");
+    let results = gpu_check::kernels::run(&device, seed);
+    gpu_check::print_table(&results);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    let failed = results.iter().filter(|r| !r.passed).count();
+    anyhow::ensure!(failed == 0, "{failed} kernel checks failed (seed {seed})");
+    Ok(())
+}
+
 #[cfg(not(feature = "cuda"))]
-pub fn run(_args: GpuCheckArgs) -> Result<()> {
+fn kernels(_seed: Option<u64>, _json: Option<PathBuf>) -> Result<()> {
     anyhow::bail!(
         "this rmr1 was built without CUDA: build with --features cuda (scripts/build-cuda.sh)"
     )

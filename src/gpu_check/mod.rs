@@ -3,6 +3,7 @@
 //! scripts/gpu_check.py also runs through Hugging Face transformers. `rmr1 gpu-check` runs them;
 //! scripts/gpu-check.sh runs the whole sequence and prints the final table.
 
+#[cfg(feature = "cuda")]
 pub mod kernels;
 pub mod model;
 

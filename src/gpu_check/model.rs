@@ -1,12 +1,14 @@
-//! The model half of the GPU check: loads a Hugging Face Qwen2 directory on the GPU, writes the logits
-//! of chosen prompt positions (one flat mixed-length prefill through the CUDA attention backend) and
-//! greedy generations through the whole engine (scheduler, chunked prefill, prefix cache, device
-//! sampler), for scripts/gpu_check.py to compare with transformers on the same card.
+//! The model half of the GPU check: loads a Hugging Face Qwen2 directory, writes the logits of chosen
+//! prompt positions (one flat mixed-length prefill through the device's attention backend) and greedy
+//! generations through the whole engine (scheduler, chunked prefill, prefix cache, device sampler),
+//! for scripts/gpu_check.py to compare with transformers on the same card. Device-generic, so the
+//! same code is exercised on the CPU by tests/gpu_check_model.rs.
 
-use crate::engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams};
-use crate::model::attention::cuda::CudaPagedAttention;
+use crate::engine::{
+    cache_plan, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams,
+};
 use crate::model::loader::safetensors_files;
-use crate::model::{AttentionBatch, CacheShape, ForwardBatch, Qwen2, Qwen2Config, SequenceSpan};
+use crate::model::{AttentionBatch, ForwardBatch, Qwen2, Qwen2Config, SequenceSpan};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -47,7 +49,12 @@ fn load(dir: &Path, device: &Device) -> Result<Qwen2> {
     let config = Qwen2Config::from_json_file(&dir.join("config.json"))?;
     let files = safetensors_files(dir)?;
     // Safety: read-only mapping of files nothing else writes during the check.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::BF16, device)? };
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
     Ok(Qwen2::from_var_builder(&config, vb)?)
 }
 
@@ -57,23 +64,16 @@ fn prompt_logits(
     prompts: &[Vec<u32>],
     positions: usize,
 ) -> Result<(candle_core::Tensor, Vec<(usize, usize)>)> {
-    let cfg = model.config();
     let block_size = 16;
     let blocks: usize = prompts.iter().map(|p| p.len().div_ceil(block_size)).sum();
-    let shape = CacheShape {
-        num_layers: cfg.num_hidden_layers,
-        num_blocks: blocks,
-        block_size,
-        num_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim(),
-    };
-    let mut attention = CudaPagedAttention::new(
-        shape,
-        cfg.num_attention_heads,
-        model.dtype(),
-        model.device(),
+    let (mut attention, _) = cache_plan::build(
+        model,
+        &EngineConfig {
+            block_size,
+            num_blocks: Some(blocks),
+            ..EngineConfig::default()
+        },
     )?;
-    attention.set_poison_outputs(true);
     let mut batch = ForwardBatch {
         attention: AttentionBatch::default(),
         ..ForwardBatch::default()
@@ -104,7 +104,7 @@ fn prompt_logits(
             block_table: table,
         });
     }
-    let logits = model.forward(&batch, &mut attention)?;
+    let logits = model.forward(&batch, attention.as_mut())?;
     Ok((logits, rows))
 }
 
