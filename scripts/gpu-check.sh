@@ -8,11 +8,17 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+# CUDA 13 libraries: the toolkit's, else the ones torch's cu13 wheels bring.
+wheel_libs=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${wheel_libs}:${LD_LIBRARY_PATH:-}
 bin=${RMR1_BIN:-}
 if [ -z "$bin" ]; then
   bin=/tmp/rmr1-cuda
   gunzip -c dist/rmr1-cuda.gz > "$bin" && chmod +x "$bin" || { echo "no dist/rmr1-cuda.gz: run scripts/build-cuda.sh" >&2; exit 2; }
+fi
+if ldd "$bin" | grep "not found"; then
+  echo "missing shared libraries for $bin (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)" >&2
+  exit 2
 fi
 work=${GPU_CHECK_WORK:-$(mktemp -d)}
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader || true

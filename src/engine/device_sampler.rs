@@ -91,19 +91,35 @@ pub fn sample(logits: &Tensor, requests: &[SampleRequest]) -> Result<Vec<SampleR
         .collect())
 }
 
-/// The logits at `(row, token)` pairs, gathered on the device.
+/// The logits at `(row, token)` pairs, gathered on the device. A token outside the vocabulary (a probe
+/// naming an id the model lacks) reads as -inf, as on the CPU, instead of failing the step.
 pub fn gather(logits: &Tensor, picks: &[(u32, u32)]) -> Result<Vec<f32>> {
-    if picks.is_empty() {
-        return Ok(Vec::new());
-    }
     let (rows, vocab) = logits.dims2()?;
     let mut flat = Vec::with_capacity(picks.len());
     for &(row, token) in picks {
-        if row as usize >= rows || token as usize >= vocab {
-            bail!("logit ({row}, {token}) outside [{rows}, {vocab}]");
+        if row as usize >= rows {
+            bail!("logits row {row} of {rows}");
         }
-        flat.push(row * vocab as u32 + token);
+        if (token as usize) < vocab {
+            flat.push(row * vocab as u32 + token);
+        }
     }
-    let index = Tensor::from_vec(flat, picks.len(), logits.device())?;
-    logits.flatten_all()?.index_select(&index, 0)?.to_vec1()
+    let mut found = if flat.is_empty() {
+        Vec::new()
+    } else {
+        let len = flat.len();
+        let index = Tensor::from_vec(flat, len, logits.device())?;
+        logits.flatten_all()?.index_select(&index, 0)?.to_vec1()?
+    }
+    .into_iter();
+    Ok(picks
+        .iter()
+        .map(|&(_, token)| {
+            if (token as usize) < vocab {
+                found.next().unwrap_or(f32::NAN)
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect())
 }

@@ -88,7 +88,12 @@ impl EngineHandle {
         config: EngineConfig,
     ) -> Result<Self> {
         let vocab_size = model.config().vocab_size;
+        let device = model.device().clone();
         let core = EngineCore::new(model, tokenizer, eos_ids, &config)?;
+        // On a GPU, candle gives each host thread its own stream with no ordering between them:
+        // the weights and the cache this thread set up must be complete before the engine thread
+        // (another stream) uses them.
+        device.synchronize()?;
         let limits = EngineLimits {
             max_model_len: core.max_model_len(),
             vocab_size,

@@ -380,6 +380,12 @@ impl Qwen2 {
             let gate = candle_nn::ops::silu(&gate_up[0])?;
             x = (x + layer.down_proj.forward(&(gate * &gate_up[1])?)?)?;
         }
+        if batch.logit_rows.is_empty() {
+            // A step that only advances prefill chunks samples nothing. Empty device tensors are not
+            // safe in candle's CUDA backend (a 0-byte allocation, a 0-block launch), so answer on the
+            // host.
+            return Tensor::zeros((0, cfg.vocab_size), DType::F32, &Device::Cpu);
+        }
         let rows = Tensor::from_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
         let last = x.index_select(&rows, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, eps)?;

@@ -24,8 +24,8 @@ impl RopeTables {
         let mut sin = Vec::with_capacity(max * d / 2);
         for p in 0..max {
             for f in &inv_freq {
-                // The product is formed in f32 like the reference implementations, so tables agree
-                // bit for bit with HF / candle at every position.
+                // The product is formed in f32 like the reference implementations (the inverse
+                // frequencies come from f64 here, f32 there: a last-bit difference at most).
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());

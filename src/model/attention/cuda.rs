@@ -75,12 +75,17 @@ impl CudaPagedAttention {
         }
         let dev = cuda::cuda_device(device)?.clone();
         let bytes = Self::bytes_per_token(&shape, dtype) / 2 * shape.num_blocks * shape.block_size;
+        let k_cache = dev.alloc_zeros::<u8>(bytes)?;
+        let v_cache = dev.alloc_zeros::<u8>(bytes)?;
+        // candle gives each host thread its own CUDA stream and orders nothing between them; the
+        // engine thread must not start writing K/V before this thread's memset has run.
+        cuda::synchronize(&dev)?;
         Ok(Self {
             shape,
             num_heads,
             dtype,
-            k_cache: dev.alloc_zeros::<u8>(bytes)?,
-            v_cache: dev.alloc_zeros::<u8>(bytes)?,
+            k_cache,
+            v_cache,
             dev,
             step: None,
             poison_outputs: false,
@@ -223,9 +228,11 @@ impl PagedAttention for CudaPagedAttention {
             block_tables: cuda::upload(dev, &layout.block_tables)?,
             token_seq: cuda::upload(dev, &layout.token_seq)?,
             token_ctx: cuda::upload(dev, &layout.token_ctx)?,
-            part_out: dev.alloc_zeros::<f32>(partial * num_splits * s.head_dim)?,
-            part_max: dev.alloc_zeros::<f32>(partial * num_splits)?,
-            part_sum: dev.alloc_zeros::<f32>(partial * num_splits)?,
+            // Safety: with several partitions the kernel writes every element before the reduce
+            // reads it; with one, nothing reads them.
+            part_out: unsafe { dev.alloc::<f32>(partial * num_splits * s.head_dim)? },
+            part_max: unsafe { dev.alloc::<f32>(partial * num_splits)? },
+            part_sum: unsafe { dev.alloc::<f32>(partial * num_splits)? },
         });
         Ok(())
     }
