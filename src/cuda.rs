@@ -94,13 +94,6 @@ pub fn upload<T: DeviceRepr + 'static>(dev: &CudaDevice, data: &[T]) -> Result<C
     dev.clone_htod(data)
 }
 
-pub fn download<T: DeviceRepr + Default + Clone>(
-    dev: &CudaDevice,
-    slice: &CudaSlice<T>,
-) -> Result<Vec<T>> {
-    dev.clone_dtoh(slice)
-}
-
 /// Free and total device memory in bytes.
 pub fn memory_info(dev: &CudaDevice) -> Result<(usize, usize)> {
     dev.cuda_stream().context().mem_get_info().w()
