@@ -69,11 +69,7 @@ pub fn architecture(name: &str) -> Result<Qwen2Config> {
 
 /// Random weights with Hugging Face names, generated on `device` (scaled so activations stay O(1)).
 pub fn random_model(config: &Qwen2Config, device: &Device) -> Result<(Qwen2, usize)> {
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = crate::model::loader::default_dtype(device);
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,

@@ -87,24 +87,21 @@ impl EngineCore {
             .max_model_len
             .unwrap_or(cfg.max_position_embeddings)
             .min(cfg.max_position_embeddings);
-        match plan.device_memory {
-            Some((free, total)) => tracing::info!(
-                device = ?model.device(),
-                blocks = shape.num_blocks,
-                block_size = shape.block_size,
-                tokens = plan.tokens(),
-                kv_cache_gib = format!("{:.2}", cache_plan::gib(plan.bytes())),
+        tracing::info!(
+            device = ?model.device(),
+            blocks = shape.num_blocks,
+            block_size = shape.block_size,
+            tokens = plan.tokens(),
+            kv_cache_gib = format!("{:.2}", cache_plan::gib(plan.bytes())),
+            "KV cache ready"
+        );
+        if let Some((free, total)) = plan.device_memory {
+            tracing::info!(
                 free_after_weights_gib = format!("{:.2}", cache_plan::gib(free)),
                 total_gib = format!("{:.2}", cache_plan::gib(total)),
                 activation_reserve_gib = format!("{:.2}", cache_plan::gib(plan.activation_reserve)),
-                "KV cache ready"
-            ),
-            None => tracing::info!(
-                blocks = shape.num_blocks,
-                block_size = shape.block_size,
-                tokens = plan.tokens(),
-                "KV cache ready"
-            ),
+                "GPU memory at KV cache sizing"
+            );
         }
         Ok(Self {
             model,
@@ -259,13 +256,8 @@ impl EngineCore {
             Err(e) => {
                 // The cache contents of this step are unknown: fail its sequences, keep the rest.
                 tracing::error!(error = %e, "forward step failed");
-                for s in &schedule.scheduled {
-                    if let Some(seq) = self.seqs.get(&s.id) {
-                        seq.fail(format!("engine step failed: {e}"));
-                    }
-                    self.scheduler.remove(s.id);
-                    self.seqs.remove(&s.id);
-                }
+                let ids: Vec<SeqId> = schedule.scheduled.iter().map(|s| s.id).collect();
+                self.fail_all(&ids, &format!("engine step failed: {e}"));
                 return Err(e.into());
             }
         };
@@ -300,13 +292,8 @@ impl EngineCore {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "sampling failed");
-                for &(id, _) in &samplers {
-                    if let Some(seq) = self.seqs.get(&id) {
-                        seq.fail(format!("sampling failed: {e}"));
-                    }
-                    self.scheduler.remove(id);
-                    self.seqs.remove(&id);
-                }
+                let ids: Vec<SeqId> = samplers.iter().map(|&(id, _)| id).collect();
+                self.fail_all(&ids, &format!("sampling failed: {e}"));
                 return Err(e);
             }
         };
@@ -329,6 +316,16 @@ impl EngineCore {
         self.stats
             .set_kv_usage(self.scheduler.blocks().pool().usage());
         Ok(batch.tokens.len())
+    }
+
+    /// Ends `ids` with an error event and frees their blocks; the rest of the batch is unaffected.
+    fn fail_all(&mut self, ids: &[SeqId], message: &str) {
+        for &id in ids {
+            if let Some(seq) = self.seqs.remove(&id) {
+                seq.fail(message.to_string());
+            }
+            self.scheduler.remove(id);
+        }
     }
 
     /// Picks each sampler's next token from `logits` (`[rows, vocab]`) and reports it.

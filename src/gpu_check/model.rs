@@ -7,11 +7,10 @@
 use crate::engine::{
     cache_plan, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams,
 };
-use crate::model::loader::safetensors_files;
+use crate::model::loader::{default_dtype, load_hf_weights};
 use crate::model::{AttentionBatch, ForwardBatch, Qwen2, Qwen2Config, SequenceSpan};
 use anyhow::{anyhow, Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -47,15 +46,7 @@ struct ModelCheckOutput {
 
 fn load(dir: &Path, device: &Device) -> Result<Qwen2> {
     let config = Qwen2Config::from_json_file(&dir.join("config.json"))?;
-    let files = safetensors_files(dir)?;
-    // Safety: read-only mapping of files nothing else writes during the check.
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-    Ok(Qwen2::from_var_builder(&config, vb)?)
+    load_hf_weights(dir, &config, default_dtype(device), device)
 }
 
 /// Logits of the last `positions` tokens of every prompt, all prompts in one forward step.

@@ -91,7 +91,8 @@ pub fn load(spec: &str, options: &LoadOptions) -> Result<LoadedModel> {
     }
 }
 
-fn default_dtype(device: &Device) -> DType {
+/// f32 on the CPU (candle's CPU bf16 matmul is slow, and tests compare at f32), bf16 on GPUs.
+pub fn default_dtype(device: &Device) -> DType {
     if device.is_cpu() {
         DType::F32
     } else {
@@ -128,6 +129,19 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     )
 }
 
+/// The weights of a Hugging Face directory, without its tokenizer (random-weight checks have none).
+pub fn load_hf_weights(
+    dir: &Path,
+    config: &Qwen2Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<Qwen2> {
+    let files = safetensors_files(dir)?;
+    // Safety: the files are memory-mapped read-only; rmr1 never writes model files while serving.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+    Ok(Qwen2::from_var_builder(config, vb)?)
+}
+
 fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let mut config = Qwen2Config::from_json_file(&dir.join("config.json"))?;
     let generation: GenerationConfig =
@@ -141,10 +155,7 @@ fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let dtype = options
         .dtype
         .unwrap_or_else(|| default_dtype(&options.device));
-    let files = safetensors_files(dir)?;
-    // Safety: the files are memory-mapped read-only; rmr1 never writes model files while serving.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &options.device)? };
-    let model = Qwen2::from_var_builder(&config, vb)?;
+    let model = load_hf_weights(dir, &config, dtype, &options.device)?;
     let tokenizer_path = options
         .tokenizer
         .clone()

@@ -75,17 +75,14 @@ impl CudaPagedAttention {
         }
         let dev = cuda::cuda_device(device)?.clone();
         let bytes = Self::bytes_per_token(&shape, dtype) / 2 * shape.num_blocks * shape.block_size;
-        let k_cache = dev.alloc_zeros::<u8>(bytes)?;
-        let v_cache = dev.alloc_zeros::<u8>(bytes)?;
-        // candle gives each host thread its own CUDA stream and orders nothing between them; the
-        // engine thread must not start writing K/V before this thread's memset has run.
-        cuda::synchronize(&dev)?;
+        // The zeroing runs on this thread's stream: a caller handing the backend to another thread
+        // synchronises first (EngineHandle::start does).
         Ok(Self {
             shape,
             num_heads,
             dtype,
-            k_cache,
-            v_cache,
+            k_cache: dev.alloc_zeros::<u8>(bytes)?,
+            v_cache: dev.alloc_zeros::<u8>(bytes)?,
             dev,
             step: None,
             poison_outputs: false,
