@@ -14,3 +14,4 @@ pub mod judge;
 pub mod metrics;
 pub mod model;
 pub mod serving_args;
+pub mod train;

@@ -142,7 +142,16 @@ pub fn load_hf_weights(
     Ok(Qwen2::from_var_builder(config, vb)?)
 }
 
-fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+/// A model source with hub ids resolved to their local snapshot directory (downloading if needed).
+pub fn resolve_local(spec: &str) -> Result<ModelSource> {
+    Ok(match ModelSource::parse(spec)? {
+        ModelSource::Hub { repo, revision } => ModelSource::HfDir(download_from_hub(&repo, &revision)?),
+        local => local,
+    })
+}
+
+/// `config.json` of a directory, with the EOS ids of `generation_config.json` when it has them.
+pub fn hf_dir_config(dir: &Path) -> Result<Qwen2Config> {
     let mut config = Qwen2Config::from_json_file(&dir.join("config.json"))?;
     let generation: GenerationConfig =
         match std::fs::read_to_string(dir.join("generation_config.json")) {
@@ -152,19 +161,49 @@ fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     if let Some(eos) = generation.eos_token_id {
         config.eos_token_id = Some(eos);
     }
-    let dtype = options
-        .dtype
-        .unwrap_or_else(|| default_dtype(&options.device));
-    let model = load_hf_weights(dir, &config, dtype, &options.device)?;
-    let tokenizer_path = options
-        .tokenizer
-        .clone()
+    Ok(config)
+}
+
+/// The tokenizer of a directory (or `override_file`), with the config's EOS ids added.
+pub fn hf_dir_tokenizer(
+    dir: &Path,
+    config: &Qwen2Config,
+    override_file: Option<&Path>,
+) -> Result<ModelTokenizer> {
+    let tokenizer_path = override_file
+        .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.join("tokenizer.json"));
     let mut tokenizer =
         ModelTokenizer::from_hf_files(&tokenizer_path, &dir.join("tokenizer_config.json"))?;
     if let Some(eos) = &config.eos_token_id {
         tokenizer.add_eos_ids(&eos.to_vec());
     }
+    Ok(tokenizer)
+}
+
+/// The tokenizer of a GGUF file: `override_file` or `tokenizer.json` beside it, else its metadata.
+pub fn gguf_tokenizer(
+    path: &Path,
+    content: &gguf_file::Content,
+    override_file: Option<&Path>,
+) -> Result<ModelTokenizer> {
+    let side_tokenizer = override_file.map(Path::to_path_buf).or_else(|| {
+        let beside = path.with_file_name("tokenizer.json");
+        beside.exists().then_some(beside)
+    });
+    match side_tokenizer {
+        Some(file) => ModelTokenizer::from_gguf_with_tokenizer_file(content, &file),
+        None => ModelTokenizer::from_gguf(content),
+    }
+}
+
+fn load_hf_dir(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    let config = hf_dir_config(dir)?;
+    let dtype = options
+        .dtype
+        .unwrap_or_else(|| default_dtype(&options.device));
+    let model = load_hf_weights(dir, &config, dtype, &options.device)?;
+    let tokenizer = hf_dir_tokenizer(dir, &config, options.tokenizer.as_deref())?;
     Ok(LoadedModel {
         name: dir
             .file_name()
@@ -182,14 +221,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .map_err(|e| e.with_path(path))
         .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
     let model = Qwen2::from_gguf(&content, &mut file, &options.device)?;
-    let side_tokenizer = options.tokenizer.clone().or_else(|| {
-        let beside = path.with_file_name("tokenizer.json");
-        beside.exists().then_some(beside)
-    });
-    let tokenizer = match side_tokenizer {
-        Some(file) => ModelTokenizer::from_gguf_with_tokenizer_file(&content, &file)?,
-        None => ModelTokenizer::from_gguf(&content)?,
-    };
+    let tokenizer = gguf_tokenizer(path, &content, options.tokenizer.as_deref())?;
     Ok(LoadedModel {
         name: path
             .file_stem()
