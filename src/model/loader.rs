@@ -145,7 +145,9 @@ pub fn load_hf_weights(
 /// A model source with hub ids resolved to their local snapshot directory (downloading if needed).
 pub fn resolve_local(spec: &str) -> Result<ModelSource> {
     Ok(match ModelSource::parse(spec)? {
-        ModelSource::Hub { repo, revision } => ModelSource::HfDir(download_from_hub(&repo, &revision)?),
+        ModelSource::Hub { repo, revision } => {
+            ModelSource::HfDir(download_from_hub(&repo, &revision)?)
+        }
         local => local,
     })
 }

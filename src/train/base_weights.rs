@@ -2,7 +2,9 @@
 //! adapter merging: the same sources the engine serves (HF directory, sharded safetensors, hub id,
 //! GGUF), with GGUF's llama.cpp names mapped to HF ones and its blocks dequantized.
 
-use crate::model::loader::{gguf_tokenizer, hf_dir_config, hf_dir_tokenizer, resolve_local, safetensors_files};
+use crate::model::loader::{
+    gguf_tokenizer, hf_dir_config, hf_dir_tokenizer, resolve_local, safetensors_files,
+};
 use crate::model::{ModelSource, ModelTokenizer, Qwen2Config};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;

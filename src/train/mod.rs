@@ -4,6 +4,11 @@
 
 pub mod base_weights;
 pub mod executor;
+pub mod forward;
+pub mod grad_step;
+pub mod inject;
+pub mod params;
+pub mod rng;
 pub mod spec;
 
 pub use executor::{

@@ -234,7 +234,10 @@ impl TrainSpec {
             return Err(bad("optimizer.grad_accumulation", "must be at least 1"));
         }
         if self.run.epochs == 0 && self.run.max_steps == 0 {
-            return Err(bad("run.epochs", "must be at least 1 when run.max_steps is 0"));
+            return Err(bad(
+                "run.epochs",
+                "must be at least 1 when run.max_steps is 0",
+            ));
         }
         Ok(())
     }

@@ -386,3 +386,4 @@ pub fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 pub mod judge_server;
+pub mod training;

@@ -1,0 +1,292 @@
+//! The differentiable Qwen2 forward used for training.
+//!
+//! It reads the same weights, by the same Hugging Face names, as the engine's batched forward
+//! (`model::qwen2`), but runs one sequence at a time with plain candle ops that all have a backward:
+//! no paged cache, no quantized matmul, none of the candle ops whose gradients silently vanish
+//! (`reference/training.md`). Frozen weights go through [`inject`](super::inject) so backward never
+//! computes a gradient for them. Everything here is device-generic tensor code.
+//!
+//! Layout: activations are `[T, hidden]` for one sequence; attention works on `[heads, T, head_dim]`.
+
+use super::inject::{frozen_linear, frozen_scale};
+use super::params::{Param, TrainParams};
+use crate::model::Qwen2Config;
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// Per-forward randomness (LoRA dropout), derived from a key so a recomputed layer (gradient
+/// checkpointing) and a resumed run draw exactly the same masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropoutKey {
+    pub seed: u64,
+    /// Which micro-batch sequence of the whole run this forward belongs to.
+    pub sequence: u64,
+}
+
+pub struct TrainableQwen2 {
+    config: Qwen2Config,
+    pub params: TrainParams,
+    /// RoPE tables `[max_positions, head_dim / 2]`, f32 as in the engine.
+    cos: Tensor,
+    sin: Tensor,
+    /// Dtype of activations and of the weights as used (masters stay f32).
+    compute_dtype: DType,
+}
+
+fn rope_tables(config: &Qwen2Config, max: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let d = config.head_dim();
+    let inv_freq: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1.0 / config.rope_theta.powf(i as f64 / d as f64) as f32)
+        .collect();
+    let mut cos = Vec::with_capacity(max * d / 2);
+    let mut sin = Vec::with_capacity(max * d / 2);
+    for p in 0..max {
+        for f in &inv_freq {
+            // Same formation as the engine's tables (f32 product), so both agree to the last bit.
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max, d / 2), device)?,
+        Tensor::from_vec(sin, (max, d / 2), device)?,
+    ))
+}
+
+/// `x / sqrt(mean(x²) + eps)` over the last dimension, in f32.
+fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dtype)
+}
+
+/// Rotates `x` `[heads, T, d]` by the non-interleaved halves rule of HF Qwen2; cos/sin `[T, d/2]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(
+        &[
+            (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?,
+            (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?,
+        ],
+        D::Minus1,
+    )?;
+    rotated.to_dtype(dtype)
+}
+
+/// Causal grouped-query attention for one sequence: q `[heads, T, d]`, k/v `[kv_heads, T, d]` →
+/// `[T, heads * d]`. Naive (O(heads·T²) memory per layer; one layer is live at a time thanks to
+/// recomputation).
+fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (heads, t, d) = q.dims3()?;
+    let kv_heads = k.dim(0)?;
+    let group = heads / kv_heads;
+    let repeat = |x: &Tensor| -> Result<Tensor> {
+        if group == 1 {
+            return Ok(x.clone());
+        }
+        x.unsqueeze(1)?
+            .broadcast_as((kv_heads, group, t, d))?
+            .contiguous()?
+            .reshape((heads, t, d))
+    };
+    let (k, v) = (repeat(k)?, repeat(v)?);
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let scores = scores.to_dtype(DType::F32)?;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
+    let scores = scores.broadcast_add(&mask)?;
+    // Softmax from differentiable ops (candle's fused softmax_last_dim records no backward). The
+    // max is a constant shift: detaching it leaves the gradient exact and skips its backward.
+    let max = scores.max_keepdim(D::Minus1)?.detach();
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let out = probs.to_dtype(v.dtype())?.matmul(&v.contiguous()?)?;
+    out.transpose(0, 1)?.reshape((t, heads * d))
+}
+
+/// `log softmax(logits)[target]` per row, f32: `[n, V]`, `[n]` → `[n]`.
+pub fn target_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
+    (picked - lse)?.squeeze(1)
+}
+
+impl TrainableQwen2 {
+    pub fn new(
+        config: Qwen2Config,
+        params: TrainParams,
+        compute_dtype: DType,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let max = max_positions.min(config.max_position_embeddings).max(1);
+        let (cos, sin) = rope_tables(&config, max, params.device())?;
+        Ok(Self {
+            config,
+            params,
+            cos,
+            sin,
+            compute_dtype,
+        })
+    }
+
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.params.device()
+    }
+
+    fn cast(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(self.compute_dtype)
+    }
+
+    /// `x Wᵀ + b` for module `module` (an HF prefix such as `model.layers.0.self_attn.q_proj`), plus
+    /// its LoRA delta when it has one.
+    fn linear(
+        &self,
+        x: &Tensor,
+        module: &str,
+        bias: bool,
+        dropout: Option<(DropoutKey, u64)>,
+    ) -> Result<Tensor> {
+        let weight = self.params.get(&format!("{module}.weight"))?;
+        let b = if bias {
+            Some(self.params.get(&format!("{module}.bias"))?)
+        } else {
+            None
+        };
+        let y = match (&weight, &b) {
+            (Param::Frozen(w), None) => frozen_linear(x, &self.cast(w)?, None)?,
+            (Param::Frozen(w), Some(Param::Frozen(b))) => {
+                frozen_linear(x, &self.cast(w)?, Some(&self.cast(b)?))?
+            }
+            _ => {
+                let w = self.cast(weight.tensor())?;
+                let y = x.broadcast_matmul(&w.t()?)?;
+                match b {
+                    Some(b) => y.broadcast_add(&self.cast(b.tensor())?)?,
+                    None => y,
+                }
+            }
+        };
+        match self.params.lora(module) {
+            Some(lora) => {
+                let input = match dropout {
+                    Some((key, salt)) if lora.dropout > 0.0 => lora
+                        .dropout_mask(x, key, salt)?
+                        .map_or(Ok(x.clone()), |m| x.broadcast_mul(&m))?,
+                    _ => x.clone(),
+                };
+                let a = self.cast(lora.a.as_tensor())?;
+                let bm = self.cast(lora.b.as_tensor())?;
+                let delta = input
+                    .broadcast_matmul(&a.t()?)?
+                    .broadcast_matmul(&bm.t()?)?;
+                y + (delta * lora.scale)?
+            }
+            None => Ok(y),
+        }
+    }
+
+    fn norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let normed = rms_normalize(x, eps)?;
+        match self.params.get(name)? {
+            Param::Frozen(w) => frozen_scale(&normed, &self.cast(&w)?),
+            Param::Trainable(w) => normed.broadcast_mul(&self.cast(&w)?),
+        }
+    }
+
+    /// Token embeddings `[T, hidden]` (tracked only when the embedding is trained).
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let e = self.params.get("model.embed_tokens.weight")?;
+        self.cast(&e.tensor().embedding(tokens)?)
+    }
+
+    /// Rows of the RoPE tables for positions `0..t`.
+    pub fn rope_rows(&self, t: usize) -> Result<(Tensor, Tensor)> {
+        if t > self.max_positions() {
+            candle_core::bail!(
+                "sequence of {t} tokens exceeds the {} positions",
+                self.max_positions()
+            );
+        }
+        Ok((self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?))
+    }
+
+    /// Decoder layer `idx` on `x` `[T, hidden]` at positions `0..T`.
+    pub fn layer(
+        &self,
+        idx: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        key: Option<DropoutKey>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let t = x.dim(0)?;
+        let p = format!("model.layers.{idx}");
+        // Each projection of each layer draws its own dropout mask.
+        let salt = |m: u64| key.map(|k| (k, (idx as u64) << 8 | m));
+        let h = self.norm(x, &format!("{p}.input_layernorm.weight"))?;
+        let q = self.linear(&h, &format!("{p}.self_attn.q_proj"), true, salt(0))?;
+        let k = self.linear(&h, &format!("{p}.self_attn.k_proj"), true, salt(1))?;
+        let v = self.linear(&h, &format!("{p}.self_attn.v_proj"), true, salt(2))?;
+        let q = q.reshape((t, heads, d))?.transpose(0, 1)?;
+        let k = k.reshape((t, kv_heads, d))?.transpose(0, 1)?;
+        let v = v.reshape((t, kv_heads, d))?.transpose(0, 1)?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = apply_rope(&k, cos, sin)?;
+        let attn = causal_attention(&q, &k, &v)?;
+        let x = (x + self.linear(&attn, &format!("{p}.self_attn.o_proj"), false, salt(3))?)?;
+        let h = self.norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
+        let gate = self.linear(&h, &format!("{p}.mlp.gate_proj"), false, salt(4))?;
+        let up = self.linear(&h, &format!("{p}.mlp.up_proj"), false, salt(5))?;
+        let mlp = (candle_nn::ops::silu(&gate)? * up)?;
+        x + self.linear(&mlp, &format!("{p}.mlp.down_proj"), false, salt(6))?
+    }
+
+    /// Final norm and output head on hidden rows `[n, hidden]` → logits `[n, V]` f32.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let normed = self.norm(hidden, "model.norm.weight")?;
+        let name = if self.params.contains("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
+        let logits = match self.params.get(name)? {
+            Param::Frozen(w) => frozen_linear(&normed, &self.cast(&w)?, None)?,
+            Param::Trainable(w) => normed.broadcast_matmul(&self.cast(&w)?.t()?)?,
+        };
+        logits.to_dtype(DType::F32)
+    }
+
+    /// Logits of every position `[T, V]`, with the whole graph kept: for tests and short inputs.
+    pub fn forward_logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        let t = tokens.len();
+        let ids = Tensor::from_slice(tokens, t, self.device())?;
+        let (cos, sin) = self.rope_rows(t)?;
+        let mut x = self.embed(&ids)?;
+        for idx in 0..self.config.num_hidden_layers {
+            x = self.layer(idx, &x, &cos, &sin, None)?;
+        }
+        self.head(&x)
+    }
+}

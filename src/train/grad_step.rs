@@ -1,0 +1,184 @@
+//! One sequence's forward and backward with layer recomputation (gradient checkpointing) and a
+//! chunked output head.
+//!
+//! Forward keeps only each layer's input; backward recomputes one layer at a time with its input as
+//! a fresh leaf and pulls the incoming gradient through it (`d/dx Σ out ⊙ g`). The output head runs
+//! on chunks of the loss positions only, each chunk backpropagated on its own, so neither the whole
+//! graph nor `[T, vocab]` logits ever exist at once. The loss is separable per token (SFT's token
+//! mean, GRPO's clipped surrogate), which is what makes per-chunk backward exact.
+
+use super::forward::{target_log_probs, DropoutKey, TrainableQwen2};
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+use std::collections::BTreeMap;
+
+/// Which hidden rows predict which tokens: row `positions[i]` predicts `targets[i]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LossRows {
+    pub positions: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl LossRows {
+    /// Every token after `prompt_len` of `tokens`, predicted from the position before it.
+    pub fn completion(tokens: &[u32], prompt_len: usize) -> Self {
+        let start = prompt_len.max(1);
+        Self {
+            positions: (start as u32 - 1..tokens.len() as u32 - 1).collect(),
+            targets: tokens[start..].to_vec(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// A loss that is a sum of per-token terms.
+pub trait TokenLoss {
+    /// The loss of rows `start..start + n` of the [`LossRows`], given their log-probabilities
+    /// (`[n]`, f32, differentiable). Returns a scalar.
+    fn chunk_loss(&self, start: usize, log_probs: &Tensor) -> Result<Tensor>;
+}
+
+/// Gradients summed over sequences, by trainable parameter name.
+#[derive(Default)]
+pub struct GradSums {
+    pub grads: BTreeMap<String, Tensor>,
+}
+
+impl GradSums {
+    /// Adds the gradients `store` holds for the given parameters.
+    pub fn add(&mut self, store: &GradStore, params: &[(String, Var)]) -> Result<()> {
+        for (name, var) in params {
+            if let Some(g) = store.get(var.as_tensor()) {
+                let sum = match self.grads.remove(name) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                };
+                self.grads.insert(name.clone(), sum);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one sequence's pass measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SequencePass {
+    /// The loss (as weighted by the `TokenLoss`) of this sequence.
+    pub loss: f64,
+    pub tokens: usize,
+}
+
+/// Forward + backward of `tokens` under `loss`, adding parameter gradients into `sums`.
+pub fn accumulate_sequence(
+    model: &TrainableQwen2,
+    tokens: &[u32],
+    rows: &LossRows,
+    loss: &dyn TokenLoss,
+    key: Option<DropoutKey>,
+    head_chunk: usize,
+    sums: &mut GradSums,
+) -> Result<SequencePass> {
+    let t = tokens.len();
+    let layers = model.config().num_hidden_layers;
+    let params = model.params.trainable();
+    let ids = Tensor::from_slice(tokens, t, model.device())?;
+    let (cos, sin) = model.rope_rows(t)?;
+
+    let mut inputs = Vec::with_capacity(layers);
+    let mut x = model.embed(&ids)?.detach();
+    for idx in 0..layers {
+        inputs.push(x.clone());
+        x = model.layer(idx, &x, &cos, &sin, key)?.detach();
+    }
+
+    let hidden = Var::from_tensor(&x)?;
+    let mut grad = hidden.zeros_like()?.detach();
+    let mut total = 0.0;
+    for (chunk_idx, positions) in rows.positions.chunks(head_chunk.max(1)).enumerate() {
+        let start = chunk_idx * head_chunk.max(1);
+        let n = positions.len();
+        let pos = Tensor::from_slice(positions, n, model.device())?;
+        let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
+        let logits = model.head(&hidden.as_tensor().index_select(&pos, 0)?)?;
+        let log_probs = target_log_probs(&logits, &targets)?;
+        let chunk_loss = loss.chunk_loss(start, &log_probs)?;
+        total += chunk_loss
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let store = chunk_loss.backward()?;
+        if let Some(g) = store.get(hidden.as_tensor()) {
+            grad = (grad + g)?.detach();
+        }
+        sums.add(&store, &params)?;
+    }
+
+    for idx in (0..layers).rev() {
+        let input = Var::from_tensor(&inputs[idx])?;
+        let out = model.layer(idx, input.as_tensor(), &cos, &sin, key)?;
+        let store = (out * &grad)?.sum_all()?.backward()?;
+        sums.add(&store, &params)?;
+        grad = match store.get(input.as_tensor()) {
+            Some(g) => g.detach(),
+            None => input.zeros_like()?.detach(),
+        };
+    }
+    // A trained embedding gets its gradient through the lookup.
+    let embedded = model.embed(&ids)?;
+    if embedded.track_op() {
+        let store = (embedded * &grad)?.sum_all()?.backward()?;
+        sums.add(&store, &params)?;
+    }
+    Ok(SequencePass {
+        loss: total,
+        tokens: t,
+    })
+}
+
+/// Log-probabilities of `rows` under the model, without gradients, layer by layer.
+pub fn sequence_log_probs(
+    model: &TrainableQwen2,
+    tokens: &[u32],
+    rows: &LossRows,
+    head_chunk: usize,
+) -> Result<Vec<f32>> {
+    let t = tokens.len();
+    let ids = Tensor::from_slice(tokens, t, model.device())?;
+    let (cos, sin) = model.rope_rows(t)?;
+    let mut x = model.embed(&ids)?.detach();
+    for idx in 0..model.config().num_hidden_layers {
+        x = model.layer(idx, &x, &cos, &sin, None)?.detach();
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for (chunk_idx, positions) in rows.positions.chunks(head_chunk.max(1)).enumerate() {
+        let start = chunk_idx * head_chunk.max(1);
+        let n = positions.len();
+        let pos = Tensor::from_slice(positions, n, model.device())?;
+        let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
+        let logits = model.head(&x.index_select(&pos, 0)?)?;
+        out.extend(
+            target_log_probs(&logits, &targets)?
+                .detach()
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(out)
+}
+
+/// SFT's loss: `−Σ log p(target) · weight`, the weight being `1 / (loss tokens in the optimizer
+/// step)` so a step's loss is the token mean over its whole batch.
+pub struct NegLogLikelihood {
+    pub weight: f64,
+}
+
+impl TokenLoss for NegLogLikelihood {
+    fn chunk_loss(&self, _start: usize, log_probs: &Tensor) -> Result<Tensor> {
+        log_probs.sum_all()? * (-self.weight)
+    }
+}
