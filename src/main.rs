@@ -47,6 +47,9 @@ enum BenchCommand {
     /// generations) through the engine on a random-weight model made on the device: tokens/s,
     /// TTFT, ITL and the fraction of the memory-read floor (compare: scripts/hf_throughput.py).
     Throughput(rmr1::bench::throughput::ThroughputArgs),
+    /// SFT training throughput and peak memory on the CPU (LoRA on a real model, full fine-tuning on a
+    /// small random one) against the engine's prefill on the same weights.
+    Train(rmr1::bench::train::TrainBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -73,5 +76,6 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),
+        Command::Bench(BenchCommand::Train(args)) => rmr1::bench::train::run(args),
     }
 }

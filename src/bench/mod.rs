@@ -3,3 +3,4 @@
 pub mod engine;
 pub mod judge;
 pub mod throughput;
+pub mod train;

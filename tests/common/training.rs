@@ -75,3 +75,87 @@ pub fn lora_model(base: &BaseWeights, spec: &LoraSpec, seed: u64) -> TrainableQw
     .unwrap();
     TrainableQwen2::new(base.config.clone(), params, DType::F32, 4096).unwrap()
 }
+
+/// A `JobContext` that records what the trainer reports and can cancel after a given step.
+#[derive(Default)]
+pub struct RecordingContext {
+    pub job_id: String,
+    pub cancel_after_step: Option<u64>,
+    pub cancelled: std::sync::atomic::AtomicBool,
+    pub running_calls: std::sync::atomic::AtomicUsize,
+    pub steps: std::sync::Mutex<Vec<rmr1::train::StepReport>>,
+    pub checkpoints: std::sync::Mutex<Vec<rmr1::train::CheckpointReport>>,
+    pub evals: std::sync::Mutex<Vec<(u64, std::collections::BTreeMap<String, f64>)>>,
+    pub messages: std::sync::Mutex<Vec<String>>,
+}
+
+impl RecordingContext {
+    pub fn new(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn losses(&self) -> Vec<f64> {
+        self.steps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.metrics["loss"])
+            .collect()
+    }
+}
+
+impl rmr1::train::JobContext for RecordingContext {
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn running(&self) {
+        self.running_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn step(&self, report: &rmr1::train::StepReport) {
+        if Some(report.step) == self.cancel_after_step {
+            self.cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.steps.lock().unwrap().push(report.clone());
+    }
+    fn checkpoint_saved(&self, report: &rmr1::train::CheckpointReport) {
+        self.checkpoints.lock().unwrap().push(report.clone());
+    }
+    fn eval(&self, step: u64, metrics: &std::collections::BTreeMap<String, f64>) {
+        self.evals.lock().unwrap().push((step, metrics.clone()));
+    }
+    fn warn(&self, message: &str) {
+        self.messages.lock().unwrap().push(format!("warn: {message}"));
+    }
+    fn info(&self, message: &str) {
+        self.messages.lock().unwrap().push(format!("info: {message}"));
+    }
+}
+
+/// A learnable SFT task for the tiny word-level model: the target is the first prompt word
+/// followed by three fixed words. Writes `n` rows of JSONL in the distillation schema.
+pub fn write_copy_task(path: &std::path::Path, n: usize, seed: u64) {
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let words: Vec<String> = super::tokens(seed * 1000 + i as u64, 5, 60)
+            .iter()
+            .map(|t| format!("w{}", t + 20))
+            .collect();
+        let row = serde_json::json!({
+            "context_messages": [
+                {"role": "system", "content": "w3 w4"},
+                {"role": "user", "content": words.join(" ")}
+            ],
+            "winner": format!("{} w10 w11 w12", words[0]),
+        });
+        lines.push(row.to_string());
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}

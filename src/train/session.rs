@@ -1,0 +1,237 @@
+//! What every training stage shares: the base model loaded for training, the trainable parameters,
+//! the optimizer and schedule, checkpoints and resume, progress reports and the final exports.
+//! SFT drives it now; GRPO will drive the same session with its own loss and rollouts.
+
+use super::base_weights::BaseWeights;
+use super::checkpoint::{self, TrainerState};
+use super::executor::{Artifact, CheckpointReport, JobContext, StepReport, TrainError, TrainErrorKind};
+use super::forward::TrainableQwen2;
+use super::grad_step::GradSums;
+use super::optim::{clip_global_norm, lr_at, AdamW, AdamWConfig};
+use super::params::TrainParams;
+use super::spec::TrainSpec;
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+pub struct TrainSession {
+    pub spec: TrainSpec,
+    pub job_id: String,
+    pub base: BaseWeights,
+    pub model: TrainableQwen2,
+    pub optimizer: AdamW,
+    pub state: TrainerState,
+    pub total_steps: u64,
+    /// When this process started (or resumed) the run, and at which step: the pace for ETAs.
+    started: Instant,
+    started_step: u64,
+}
+
+/// Identifies a spec: checkpoints made under another spec are not resumed.
+pub fn spec_fingerprint(spec: &TrainSpec) -> String {
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn failed_precondition(message: String) -> TrainError {
+    TrainError::new(TrainErrorKind::FailedPrecondition, message)
+}
+
+impl TrainSession {
+    /// Loads the base model on `device` and builds the trainable parameters: f32 masters for full
+    /// fine-tuning; for LoRA a frozen base in the compute dtype (f32 on CPU, bf16 on GPUs) and f32
+    /// adapters. `max_positions` bounds the RoPE tables (the longest sequence to train on).
+    pub fn load(
+        spec: &TrainSpec,
+        job_id: &str,
+        device: &Device,
+        max_positions: usize,
+    ) -> Result<Self, TrainError> {
+        let compute_dtype = crate::model::loader::default_dtype(device);
+        let base_dtype = if spec.adapter.is_some() { compute_dtype } else { DType::F32 };
+        let base = BaseWeights::load(&spec.base_model, base_dtype, device).map_err(|e| {
+            failed_precondition(format!("base_model {:?} cannot be loaded: {e:#}", spec.base_model))
+        })?;
+        let layers = base.config.num_hidden_layers;
+        let params = match &spec.adapter {
+            Some(lora) => TrainParams::with_lora(
+                &base.tensors,
+                lora,
+                layers,
+                &spec.lora_targets(),
+                spec.run.seed,
+                device,
+            )?,
+            None => TrainParams::full(&base.tensors, device)?,
+        };
+        let model = TrainableQwen2::new(base.config.clone(), params, compute_dtype, max_positions)?;
+        let o = &spec.optimizer;
+        let optimizer = AdamW::new(AdamWConfig {
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        });
+        let state = TrainerState {
+            format_version: 1,
+            job_id: job_id.to_string(),
+            step: 0,
+            examples_consumed: 0,
+            tokens_seen: 0,
+            seed: spec.run.seed,
+            optimizer_steps: 0,
+            loss: None,
+            spec_fingerprint: spec_fingerprint(spec),
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            job_id: job_id.to_string(),
+            base,
+            model,
+            optimizer,
+            state,
+            total_steps: 0,
+            started: Instant::now(),
+            started_step: 0,
+        })
+    }
+
+    /// Continues from the newest complete checkpoint of this job, if there is one.
+    pub fn resume(&mut self, ctx: &dyn JobContext) -> Result<(), TrainError> {
+        let latest = checkpoint::latest_for_job(&self.spec.output_dir, &self.job_id)
+            .map_err(|e| failed_precondition(format!("output_dir: {e:#}")))?;
+        let Some(ckpt) = latest else {
+            return Ok(());
+        };
+        if ckpt.state.spec_fingerprint != self.state.spec_fingerprint {
+            return Err(failed_precondition(format!(
+                "checkpoint {} was made under another spec",
+                ckpt.path.display()
+            )));
+        }
+        let (trainable, optimizer) = checkpoint::load_tensors(&ckpt, self.model.device())?;
+        self.model.params.load_trainable(&trainable)?;
+        let config = self.optimizer.config().clone();
+        self.optimizer = AdamW::from_state(config, &optimizer, ckpt.state.optimizer_steps)?;
+        ctx.info(&format!(
+            "resuming from {} (step {})",
+            ckpt.path.display(),
+            ckpt.state.step
+        ));
+        self.state = ckpt.state;
+        self.started_step = self.state.step;
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Clips, schedules and applies one optimizer update; returns (pre-clip grad norm, lr).
+    pub fn apply_update(&mut self, sums: GradSums) -> Result<(f64, f64), TrainError> {
+        let mut grads: HashMap<String, Tensor> = sums.grads.into_iter().collect();
+        let o = &self.spec.optimizer;
+        let norm = clip_global_norm(&mut grads, o.grad_clip)?;
+        if !norm.is_finite() {
+            return Err(TrainError::internal(format!(
+                "gradient norm is {norm} at step {}: the run diverged",
+                self.state.step + 1
+            )));
+        }
+        let warmup = (o.warmup_ratio * self.total_steps as f64).ceil() as u64;
+        let lr = lr_at(o.schedule, o.lr, warmup, self.total_steps, self.state.step);
+        self.optimizer.step(&self.model.params.trainable(), &grads, lr)?;
+        self.state.step += 1;
+        self.state.optimizer_steps = self.optimizer.step_count();
+        Ok((norm, lr))
+    }
+
+    /// Seconds to the end at this process's pace so far.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let done = self.state.step.saturating_sub(self.started_step);
+        if done == 0 {
+            return None;
+        }
+        let per_step = self.started.elapsed().as_secs_f64() / done as f64;
+        Some(per_step * self.total_steps.saturating_sub(self.state.step) as f64)
+    }
+
+    pub fn report_step(&self, ctx: &dyn JobContext, epoch: u32, metrics: BTreeMap<String, f64>) {
+        ctx.step(&StepReport {
+            step: self.state.step,
+            total_steps: self.total_steps,
+            epoch,
+            tokens_seen: self.state.tokens_seen,
+            metrics,
+            eta_seconds: self.eta_seconds(),
+        });
+    }
+
+    pub fn trainable_tensors(&self) -> BTreeMap<String, Tensor> {
+        self.model
+            .params
+            .trainable()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Writes a checkpoint of the current step and reports it.
+    pub fn checkpoint(&self, ctx: &dyn JobContext) -> Result<(), TrainError> {
+        let optimizer: BTreeMap<String, Tensor> = self.optimizer.state_tensors().into_iter().collect();
+        let path = checkpoint::save(
+            &self.spec.output_dir,
+            &self.state,
+            &self.trainable_tensors(),
+            &optimizer,
+            self.spec.run.keep_last_checkpoints,
+        )
+        .map_err(|e| TrainError::new(TrainErrorKind::ResourceExhausted, format!("writing a checkpoint: {e:#}")))?;
+        ctx.checkpoint_saved(&CheckpointReport {
+            step: self.state.step,
+            path,
+            loss: self.state.loss,
+        });
+        Ok(())
+    }
+
+    /// Whether a checkpoint is due after the current step.
+    pub fn checkpoint_due(&self) -> bool {
+        let every = self.spec.run.checkpoint_every_steps;
+        every > 0 && self.state.step % every == 0
+    }
+
+    /// The outputs other tools load: a PEFT adapter and its merged export (LoRA), or a full HF
+    /// checkpoint.
+    pub fn export(&self) -> Result<Vec<Artifact>, TrainError> {
+        let out = &self.spec.output_dir;
+        let io = |e: anyhow::Error| {
+            TrainError::new(TrainErrorKind::ResourceExhausted, format!("exporting: {e:#}"))
+        };
+        if self.model.params.is_lora() {
+            let adapter = super::lora::to_adapter(&self.model.params, &self.spec, &self.base.spec)?;
+            let adapter_dir = out.join("adapter");
+            adapter.save_peft(&adapter_dir).map_err(io)?;
+            let merged_dir = out.join("merged");
+            super::export::export_merged(&self.base, &adapter, &merged_dir).map_err(io)?;
+            Ok(vec![
+                Artifact {
+                    path: adapter_dir,
+                    format: "peft_lora".into(),
+                },
+                Artifact {
+                    path: merged_dir,
+                    format: "hf_merged".into(),
+                },
+            ])
+        } else {
+            let model_dir = out.join("model");
+            super::export::export_full(&self.base, &self.trainable_tensors(), &model_dir)
+                .map_err(io)?;
+            Ok(vec![Artifact {
+                path: model_dir,
+                format: "hf_full".into(),
+            }])
+        }
+    }
+}
