@@ -4,6 +4,8 @@
 
 pub mod base_weights;
 pub mod executor;
+pub mod ops;
+pub mod optim;
 pub mod spec;
 
 pub use executor::{
