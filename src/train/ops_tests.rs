@@ -5,10 +5,10 @@ use super::*;
 use candle_core::{Device, Var};
 
 /// Deterministic values in [-1, 1) (xorshift64*), so failures reproduce.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> f64 {
@@ -27,7 +27,7 @@ fn t64(data: Vec<f64>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
-fn rand64(rng: &mut Rng, shape: &[usize]) -> Tensor {
+pub(super) fn rand64(rng: &mut Rng, shape: &[usize]) -> Tensor {
     t64(rng.vec(shape.iter().product()), shape)
 }
 
@@ -40,7 +40,7 @@ fn flat64(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-fn flat32(t: &Tensor) -> Vec<f32> {
+pub(super) fn flat32(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)
         .unwrap()
         .flatten_all()
@@ -49,7 +49,7 @@ fn flat32(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+pub(super) fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
@@ -291,7 +291,7 @@ fn rope_ref(x: &[f32], cos: &[f32], sin: &[f32], t: usize, heads: usize, d: usiz
     out
 }
 
-fn rope_tables(rng: &mut Rng, t: usize, half: usize) -> (Tensor, Tensor) {
+pub(super) fn rope_tables(rng: &mut Rng, t: usize, half: usize) -> (Tensor, Tensor) {
     let angles = rng
         .vec(t * half)
         .iter()
