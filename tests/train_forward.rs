@@ -7,9 +7,7 @@ use candle_core::{Tensor, Var};
 use common::training::{base, engine_logits, full_model, lora_model, lora_spec};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::forward::{target_log_probs, TrainableQwen2};
-use rmr1::train::grad_step::{
-    accumulate_sequence, sequence_log_probs, GradSums, LossRows, NegLogLikelihood,
-};
+use rmr1::train::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
 
 fn tiny(dir: &std::path::Path, tie: bool) {
     write_tiny_model(
@@ -131,7 +129,7 @@ fn plain_candle_matmul_would_give_the_frozen_weight_a_gradient() {
         store.get(&wt).is_some(),
         "candle keeps dW for a plain matmul"
     );
-    let ours = rmr1::train::inject::frozen_linear(x.as_tensor(), &w, None)
+    let ours = rmr1::train::ops::frozen_linear(x.as_tensor(), &w)
         .unwrap()
         .sum_all()
         .unwrap();
@@ -168,13 +166,13 @@ fn recomputed(
     toks: &[u32],
     rows: &LossRows,
     chunk: usize,
-) -> (f64, GradSums) {
-    let mut sums = GradSums::default();
+) -> (f64, std::collections::HashMap<String, Tensor>) {
+    let mut sums = rmr1::train::optim::GradAccumulator::new();
     let loss = NegLogLikelihood {
         weight: 1.0 / rows.len() as f64,
     };
     let pass = accumulate_sequence(model, toks, rows, &loss, None, chunk, &mut sums).unwrap();
-    (pass.loss, sums)
+    (pass.loss, sums.into_scaled(1.0).unwrap())
 }
 
 #[test]
@@ -195,7 +193,7 @@ fn layer_recomputation_and_head_chunks_equal_the_whole_graph() {
             let mut compared = 0;
             for (name, var) in model.params.trainable() {
                 let reference = store.get(var.as_tensor()).unwrap();
-                let ours = sums.grads.get(&name).unwrap_or_else(|| panic!("{name}"));
+                let ours = sums.get(&name).unwrap_or_else(|| panic!("{name}"));
                 let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
                 let r: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
                 let scale = r.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
@@ -227,7 +225,7 @@ fn lora_gradient_matches_finite_differences() {
     };
     let mut checked = 0;
     for (name, var) in model.params.trainable().into_iter().step_by(5) {
-        let g: Vec<f32> = sums.grads[&name].flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = sums[&name].flatten_all().unwrap().to_vec1().unwrap();
         let base_vals: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         // The entry with the largest gradient: its finite difference is well above f32 noise.
         let (idx, &analytic) = g

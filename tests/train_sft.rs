@@ -72,8 +72,15 @@ fn lora_sft_lowers_held_out_loss_and_the_merged_export_serves_the_trained_logits
     setup(root.path());
     let ctx = RecordingContext::new("job-lora");
     let s = spec(root.path(), lora(), 30, 10);
-    let result = completed(Trainer::new(candle_core::Device::Cpu).run(&s, &ctx).unwrap());
-    assert_eq!(ctx.running_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let result = completed(
+        Trainer::new(candle_core::Device::Cpu)
+            .run(&s, &ctx)
+            .unwrap(),
+    );
+    assert_eq!(
+        ctx.running_calls.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     let losses = ctx.losses();
     assert_eq!(losses.len(), 30);
     let evals = ctx.evals.lock().unwrap().clone();
@@ -87,12 +94,24 @@ fn lora_sft_lowers_held_out_loss_and_the_merged_export_serves_the_trained_logits
     assert_eq!(result.final_metrics["eval_loss"], final_eval);
     let formats: Vec<&str> = result.artifacts.iter().map(|a| a.format.as_str()).collect();
     assert_eq!(formats, vec!["peft_lora", "hf_merged"]);
-    assert!(result.artifacts[0].path.join("adapter_model.safetensors").exists());
+    assert!(result.artifacts[0]
+        .path
+        .join("adapter_model.safetensors")
+        .exists());
     // Checkpoints every 10 steps, last two kept.
-    let saved: Vec<u64> = ctx.checkpoints.lock().unwrap().iter().map(|c| c.step).collect();
+    let saved: Vec<u64> = ctx
+        .checkpoints
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.step)
+        .collect();
     assert_eq!(saved, vec![10, 20, 30]);
     let kept = rmr1::train::checkpoint::list(&s.output_dir).unwrap();
-    assert_eq!(kept.iter().map(|c| c.state.step).collect::<Vec<_>>(), vec![20, 30]);
+    assert_eq!(
+        kept.iter().map(|c| c.state.step).collect::<Vec<_>>(),
+        vec![20, 30]
+    );
 
     // The merged export loads as a plain model dir and gives the trained logits; it moved away
     // from the base.
@@ -116,7 +135,11 @@ fn initial_eval_loss(root: &Path, s: &TrainSpec) -> f64 {
     probe.optimizer.warmup_ratio = 0.0;
     probe.output_dir = root.join("probe");
     let ctx = RecordingContext::new("probe");
-    completed(Trainer::new(candle_core::Device::Cpu).run(&probe, &ctx).unwrap());
+    completed(
+        Trainer::new(candle_core::Device::Cpu)
+            .run(&probe, &ctx)
+            .unwrap(),
+    );
     let evals = ctx.evals.lock().unwrap();
     evals.last().unwrap().1["eval_loss"]
 }
@@ -128,7 +151,11 @@ fn full_sft_checkpoint_reloads_in_the_engine_with_the_trained_logits() {
     let mut s = spec(root.path(), None, 6, 0);
     s.optimizer.lr = 1e-3;
     let ctx = RecordingContext::new("job-full");
-    let result = completed(Trainer::new(candle_core::Device::Cpu).run(&s, &ctx).unwrap());
+    let result = completed(
+        Trainer::new(candle_core::Device::Cpu)
+            .run(&s, &ctx)
+            .unwrap(),
+    );
     let losses = ctx.losses();
     assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
     assert_eq!(result.artifacts[0].format, "hf_full");
@@ -150,7 +177,10 @@ fn full_sft_checkpoint_reloads_in_the_engine_with_the_trained_logits() {
         .zip(&engine)
         .map(|(a, b)| max_abs_diff(a, b))
         .fold(0.0, f32::max);
-    assert!(worst <= 1e-4, "reloaded full checkpoint: max |Δlogit| {worst:e}");
+    assert!(
+        worst <= 1e-4,
+        "reloaded full checkpoint: max |Δlogit| {worst:e}"
+    );
 }
 
 #[test]
@@ -168,19 +198,42 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_does() {
     // after a kill -9.
     let mut first = RecordingContext::new("job");
     first.cancel_after_step = Some(5);
-    assert_eq!(trainer.run(&interrupted, &first).unwrap(), RunOutcome::Cancelled);
+    assert_eq!(
+        trainer.run(&interrupted, &first).unwrap(),
+        RunOutcome::Cancelled
+    );
     let second = RecordingContext::new("job");
     completed(trainer.run(&interrupted, &second).unwrap());
-    let resumed_steps: Vec<u64> = second.steps.lock().unwrap().iter().map(|s| s.step).collect();
+    let resumed_steps: Vec<u64> = second
+        .steps
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.step)
+        .collect();
     assert_eq!(resumed_steps, (4..=9).collect::<Vec<_>>());
-    assert!(second.messages.lock().unwrap().iter().any(|m| m.contains("resuming")));
+    assert!(second
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("resuming")));
 
     let la = a.losses();
     let lb = second.losses();
-    assert!((la[8] - lb[5]).abs() <= 1e-6, "final loss {} vs {}", la[8], lb[5]);
+    assert!(
+        (la[8] - lb[5]).abs() <= 1e-6,
+        "final loss {} vs {}",
+        la[8],
+        lb[5]
+    );
     let load = |dir: &Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, "job").unwrap().unwrap();
-        rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu).unwrap().0
+        let c = rmr1::train::checkpoint::latest_for_job(dir, "job")
+            .unwrap()
+            .unwrap();
+        rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu)
+            .unwrap()
+            .0
     };
     let (wa, wb) = (load(&straight.output_dir), load(&interrupted.output_dir));
     for (name, t) in &wa {
@@ -196,7 +249,8 @@ fn cancel_stops_between_micro_batches_and_bad_data_fails_naming_the_row() {
     setup(root.path());
     let trainer = Trainer::new(candle_core::Device::Cpu);
     let ctx = RecordingContext::new("c");
-    ctx.cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+    ctx.cancelled
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         trainer.run(&spec(root.path(), lora(), 5, 0), &ctx).unwrap(),
         RunOutcome::Cancelled
@@ -208,9 +262,19 @@ fn cancel_stops_between_micro_batches_and_bad_data_fails_naming_the_row() {
     text.push_str("{\"context_messages\": 5, \"winner\": \"w3\"}\n");
     std::fs::write(&bad, text).unwrap();
     let ctx = RecordingContext::new("d");
-    let err = trainer.run(&spec(root.path(), lora(), 5, 0), &ctx).unwrap_err();
+    let err = trainer
+        .run(&spec(root.path(), lora(), 5, 0), &ctx)
+        .unwrap_err();
     assert_eq!(err.kind, TrainErrorKind::InvalidData);
     assert!(err.message.contains("train.jsonl"), "{}", err.message);
-    assert!(err.message.contains("25"), "row number missing: {}", err.message);
-    assert_eq!(ctx.running_calls.load(std::sync::atomic::Ordering::SeqCst), 0, "failed in PENDING");
+    assert!(
+        err.message.contains("25"),
+        "row number missing: {}",
+        err.message
+    );
+    assert_eq!(
+        ctx.running_calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "failed in PENDING"
+    );
 }

@@ -6,7 +6,8 @@ use crate::model::attention::cpu::CpuPagedAttention;
 use crate::model::{AttentionBatch, CacheShape, ForwardBatch, Qwen2, Qwen2Config, SequenceSpan};
 use crate::train::base_weights::BaseWeights;
 use crate::train::forward::TrainableQwen2;
-use crate::train::grad_step::{accumulate_sequence, GradSums, LossRows, NegLogLikelihood};
+use crate::train::grad_step::{accumulate_sequence, LossRows, NegLogLikelihood};
+use crate::train::optim::GradAccumulator;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::TrainParams;
 use crate::train::rng::SplitMix64;
@@ -59,13 +60,25 @@ struct Row {
 fn synthetic_tokens(n: usize, vocab: usize) -> Vec<u32> {
     let mut rng = SplitMix64::new(42);
     let span = vocab.min(100_000).saturating_sub(100).max(10) as u64;
-    (0..n).map(|_| 50 + (rng.next_u64() % span) as u32).collect()
+    (0..n)
+        .map(|_| 50 + (rng.next_u64() % span) as u32)
+        .collect()
 }
 
 /// Engine prefill of `tokens` on dense weights: forward only, the yardstick for a training step.
-fn engine_prefill_tokens_per_s(config: &Qwen2Config, tensors: &BTreeMap<String, Tensor>, tokens: &[u32]) -> Result<f64> {
-    let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let model = Qwen2::from_var_builder(config, VarBuilder::from_tensors(map, DType::F32, &Device::Cpu))?;
+fn engine_prefill_tokens_per_s(
+    config: &Qwen2Config,
+    tensors: &BTreeMap<String, Tensor>,
+    tokens: &[u32],
+) -> Result<f64> {
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let model = Qwen2::from_var_builder(
+        config,
+        VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
+    )?;
     let n = tokens.len();
     let block_size = 16;
     let blocks = n.div_ceil(block_size) + 1;
@@ -99,7 +112,13 @@ fn engine_prefill_tokens_per_s(config: &Qwen2Config, tensors: &BTreeMap<String, 
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn measure(name: &str, config: &Qwen2Config, tensors: &BTreeMap<String, Tensor>, params: TrainParams, args: &TrainBenchArgs) -> Result<Row> {
+fn measure(
+    name: &str,
+    config: &Qwen2Config,
+    tensors: &BTreeMap<String, Tensor>,
+    params: TrainParams,
+    args: &TrainBenchArgs,
+) -> Result<Row> {
     let tokens = synthetic_tokens(args.seq_len, config.vocab_size);
     let prefill = engine_prefill_tokens_per_s(config, tensors, &tokens)?;
     reset_peak_rss();
@@ -117,9 +136,9 @@ fn measure(name: &str, config: &Qwen2Config, tensors: &BTreeMap<String, Tensor>,
     };
     let mut step = || -> Result<f64> {
         let start = Instant::now();
-        let mut sums = GradSums::default();
+        let mut sums = GradAccumulator::new();
         accumulate_sequence(&model, &tokens, &rows, &loss, None, 128, &mut sums)?;
-        let grads: HashMap<String, Tensor> = sums.grads.into_iter().collect();
+        let grads = sums.into_scaled(1.0)?;
         optimizer.step(&model.params.trainable(), &grads, 1e-5)?;
         Ok(start.elapsed().as_secs_f64())
     };
@@ -150,8 +169,14 @@ fn small_random(vocab: usize) -> Result<(Qwen2Config, BTreeMap<String, Tensor>)>
     let dev = Device::Cpu;
     let (h, i, kv) = (256, 704, 2 * 64);
     let mut t = BTreeMap::new();
-    t.insert("model.embed_tokens.weight".into(), Tensor::randn(0f32, 0.02, (vocab, h), &dev)?);
-    t.insert("model.norm.weight".into(), Tensor::ones(h, DType::F32, &dev)?);
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        Tensor::randn(0f32, 0.02, (vocab, h), &dev)?,
+    );
+    t.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(h, DType::F32, &dev)?,
+    );
     for l in 0..4 {
         let p = format!("model.layers.{l}");
         for (n, shape) in [
@@ -165,7 +190,11 @@ fn small_random(vocab: usize) -> Result<(Qwen2Config, BTreeMap<String, Tensor>)>
         ] {
             t.insert(format!("{p}.{n}"), Tensor::randn(0f32, 0.05, shape, &dev)?);
         }
-        for (n, len) in [("self_attn.q_proj.bias", h), ("self_attn.k_proj.bias", kv), ("self_attn.v_proj.bias", kv)] {
+        for (n, len) in [
+            ("self_attn.q_proj.bias", h),
+            ("self_attn.k_proj.bias", kv),
+            ("self_attn.v_proj.bias", kv),
+        ] {
             t.insert(format!("{p}.{n}"), Tensor::zeros(len, DType::F32, &dev)?);
         }
         for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
@@ -189,9 +218,19 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             target_modules: vec![],
         };
         let targets: Vec<String> = LORA_MODULES.iter().map(|s| s.to_string()).collect();
-        let params = TrainParams::with_lora(&base.tensors, &lora, base.config.num_hidden_layers, &targets, 0, &dev)?;
+        let params = TrainParams::with_lora(
+            &base.tensors,
+            &lora,
+            base.config.num_hidden_layers,
+            &targets,
+            0,
+            &dev,
+        )?;
         rows.push(measure(
-            &format!("LoRA r{} all 7 modules, {} (f32)", args.lora_rank, base.spec),
+            &format!(
+                "LoRA r{} all 7 modules, {} (f32)",
+                args.lora_rank, base.spec
+            ),
             &base.config,
             &base.tensors,
             params,
@@ -200,7 +239,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     }
     let (config, tensors) = small_random(vocab)?;
     let params = TrainParams::full(&tensors, &dev)?;
-    rows.push(measure("full fine-tune, random 4x256 (f32)", &config, &tensors, params, &args)?);
+    rows.push(measure(
+        "full fine-tune, random 4x256 (f32)",
+        &config,
+        &tensors,
+        params,
+        &args,
+    )?);
 
     println!(
         "\nSFT training step on the CPU, one sequence of {} tokens ({} loss tokens), {} timed steps\n",

@@ -108,7 +108,11 @@ pub fn save(
     let dir = checkpoints_dir(output_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_path = dir.join(step_dir_name(state.step));
-    let tmp = dir.join(format!(".tmp-{}-{}", step_dir_name(state.step), std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        step_dir_name(state.step),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
@@ -119,16 +123,23 @@ pub fn save(
             .collect()
     };
     candle_core::safetensors::save(
-        &to_cpu(trainable)?.into_iter().collect::<std::collections::HashMap<_, _>>(),
+        &to_cpu(trainable)?
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
         tmp.join(TRAINABLE_FILE),
     )?;
     candle_core::safetensors::save(
-        &to_cpu(optimizer)?.into_iter().collect::<std::collections::HashMap<_, _>>(),
+        &to_cpu(optimizer)?
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
         tmp.join(OPTIMIZER_FILE),
     )?;
     let mut state = state.clone();
     state.format_version = FORMAT_VERSION;
-    write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_synced(
+        &tmp.join(STATE_FILE),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
     for f in [TRAINABLE_FILE, OPTIMIZER_FILE] {
         std::fs::File::open(tmp.join(f))?.sync_all()?;
     }
@@ -202,12 +213,22 @@ mod tests {
     fn saves_atomically_keeps_the_last_n_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         for step in [2, 4, 6, 8] {
-            save(dir.path(), &state(step, "j"), &tensors(step as f32), &tensors(0.5), 2).unwrap();
+            save(
+                dir.path(),
+                &state(step, "j"),
+                &tensors(step as f32),
+                &tensors(0.5),
+                2,
+            )
+            .unwrap();
         }
         // A half-written checkpoint (killed before the rename) is ignored.
         std::fs::create_dir_all(checkpoints_dir(dir.path()).join(".tmp-step-00000010-1")).unwrap();
         let all = list(dir.path()).unwrap();
-        assert_eq!(all.iter().map(|c| c.state.step).collect::<Vec<_>>(), vec![6, 8]);
+        assert_eq!(
+            all.iter().map(|c| c.state.step).collect::<Vec<_>>(),
+            vec![6, 8]
+        );
         let latest = latest_for_job(dir.path(), "j").unwrap().unwrap();
         assert_eq!(latest.state, state(8, "j"));
         let (t, o) = load_tensors(&latest, &Device::Cpu).unwrap();
@@ -221,6 +242,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &state(1, "j"), &tensors(1.0), &tensors(1.0), 0).unwrap();
         std::fs::create_dir_all(checkpoints_dir(dir.path()).join("step-00000002")).unwrap();
-        assert_eq!(latest_for_job(dir.path(), "j").unwrap().unwrap().state.step, 1);
+        assert_eq!(
+            latest_for_job(dir.path(), "j").unwrap().unwrap().state.step,
+            1
+        );
     }
 }

@@ -3,15 +3,15 @@
 //! It reads the same weights, by the same Hugging Face names, as the engine's batched forward
 //! (`model::qwen2`), but runs one sequence at a time with plain candle ops that all have a backward:
 //! no paged cache, no quantized matmul, none of the candle ops whose gradients silently vanish
-//! (`reference/training.md`). Frozen weights go through [`inject`](super::inject) so backward never
-//! computes a gradient for them. Everything here is device-generic tensor code.
+//! (`reference/training.md`). Frozen weights go through [`ops::frozen_linear`] so backward never
+//! computes a weight gradient for them. Everything here is device-generic tensor code.
 //!
 //! Layout: activations are `[T, hidden]` for one sequence; attention works on `[heads, T, head_dim]`.
 
-use super::inject::{frozen_linear, frozen_scale};
+use super::ops;
 use super::params::{Param, TrainParams};
 use crate::model::Qwen2Config;
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// Per-forward randomness (LoRA dropout), derived from a key so a recomputed layer (gradient
 /// checkpointing) and a resumed run draw exactly the same masks.
@@ -54,72 +54,9 @@ fn rope_tables(config: &Qwen2Config, max: usize, device: &Device) -> Result<(Ten
     ))
 }
 
-/// `x / sqrt(mean(x²) + eps)` over the last dimension, in f32.
-fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dtype)
-}
-
-/// Rotates `x` `[heads, T, d]` by the non-interleaved halves rule of HF Qwen2; cos/sin `[T, d/2]`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(
-        &[
-            (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?,
-            (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?,
-        ],
-        D::Minus1,
-    )?;
-    rotated.to_dtype(dtype)
-}
-
-/// Causal grouped-query attention for one sequence: q `[heads, T, d]`, k/v `[kv_heads, T, d]` →
-/// `[T, heads * d]`. Naive (O(heads·T²) memory per layer; one layer is live at a time thanks to
-/// recomputation).
-fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (heads, t, d) = q.dims3()?;
-    let kv_heads = k.dim(0)?;
-    let group = heads / kv_heads;
-    let repeat = |x: &Tensor| -> Result<Tensor> {
-        if group == 1 {
-            return Ok(x.clone());
-        }
-        x.unsqueeze(1)?
-            .broadcast_as((kv_heads, group, t, d))?
-            .contiguous()?
-            .reshape((heads, t, d))
-    };
-    let (k, v) = (repeat(k)?, repeat(v)?);
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let scores = scores.to_dtype(DType::F32)?;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
-    let scores = scores.broadcast_add(&mask)?;
-    // Softmax from differentiable ops (candle's fused softmax_last_dim records no backward). The
-    // max is a constant shift: detaching it leaves the gradient exact and skips its backward.
-    let max = scores.max_keepdim(D::Minus1)?.detach();
-    let e = scores.broadcast_sub(&max)?.exp()?;
-    let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    let out = probs.to_dtype(v.dtype())?.matmul(&v.contiguous()?)?;
-    out.transpose(0, 1)?.reshape((t, heads * d))
-}
-
 /// `log softmax(logits)[target]` per row, f32: `[n, V]`, `[n]` → `[n]`.
 pub fn target_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-    (picked - lse)?.squeeze(1)
+    ops::log_softmax_gather(logits, targets)
 }
 
 impl TrainableQwen2 {
@@ -171,19 +108,15 @@ impl TrainableQwen2 {
         } else {
             None
         };
-        let y = match (&weight, &b) {
-            (Param::Frozen(w), None) => frozen_linear(x, &self.cast(w)?, None)?,
-            (Param::Frozen(w), Some(Param::Frozen(b))) => {
-                frozen_linear(x, &self.cast(w)?, Some(&self.cast(b)?))?
-            }
-            _ => {
-                let w = self.cast(weight.tensor())?;
-                let y = x.broadcast_matmul(&w.t()?)?;
-                match b {
-                    Some(b) => y.broadcast_add(&self.cast(b.tensor())?)?,
-                    None => y,
-                }
-            }
+        let y = match &weight {
+            Param::Frozen(w) => ops::frozen_linear(x, &self.cast(w)?)?,
+            Param::Trainable(w) => x.broadcast_matmul(&self.cast(w)?.t()?)?,
+        };
+        // A frozen bias leaves only an activation-sized gradient for its broadcast view (no
+        // weight-sized one): not worth an op of its own.
+        let y = match b {
+            Some(b) => y.broadcast_add(&self.cast(b.tensor())?)?,
+            None => y,
         };
         match self.params.lora(module) {
             Some(lora) => {
@@ -205,12 +138,8 @@ impl TrainableQwen2 {
     }
 
     fn norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let eps = self.config.rms_norm_eps;
-        let normed = rms_normalize(x, eps)?;
-        match self.params.get(name)? {
-            Param::Frozen(w) => frozen_scale(&normed, &self.cast(&w)?),
-            Param::Trainable(w) => normed.broadcast_mul(&self.cast(&w)?),
-        }
+        let w = self.params.get(name)?;
+        ops::rms_norm(x, &self.cast(w.tensor())?, self.config.rms_norm_eps)
     }
 
     /// Token embeddings `[T, hidden]` (tracked only when the embedding is trained).
@@ -249,12 +178,10 @@ impl TrainableQwen2 {
         let q = self.linear(&h, &format!("{p}.self_attn.q_proj"), true, salt(0))?;
         let k = self.linear(&h, &format!("{p}.self_attn.k_proj"), true, salt(1))?;
         let v = self.linear(&h, &format!("{p}.self_attn.v_proj"), true, salt(2))?;
-        let q = q.reshape((t, heads, d))?.transpose(0, 1)?;
-        let k = k.reshape((t, kv_heads, d))?.transpose(0, 1)?;
+        let q = ops::rope(&q.reshape((t, heads, d))?, cos, sin)?.transpose(0, 1)?;
+        let k = ops::rope(&k.reshape((t, kv_heads, d))?, cos, sin)?.transpose(0, 1)?;
         let v = v.reshape((t, kv_heads, d))?.transpose(0, 1)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
-        let attn = causal_attention(&q, &k, &v)?;
+        let attn = ops::causal_attention(&q, &k, &v, 1.0 / (d as f64).sqrt())?;
         let x = (x + self.linear(&attn, &format!("{p}.self_attn.o_proj"), false, salt(3))?)?;
         let h = self.norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
         let gate = self.linear(&h, &format!("{p}.mlp.gate_proj"), false, salt(4))?;
@@ -272,7 +199,7 @@ impl TrainableQwen2 {
             "model.embed_tokens.weight"
         };
         let logits = match self.params.get(name)? {
-            Param::Frozen(w) => frozen_linear(&normed, &self.cast(&w)?, None)?,
+            Param::Frozen(w) => ops::frozen_linear(&normed, &self.cast(&w)?)?,
             Param::Trainable(w) => normed.broadcast_matmul(&self.cast(&w)?.t()?)?,
         };
         logits.to_dtype(DType::F32)

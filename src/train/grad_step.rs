@@ -8,9 +8,8 @@
 //! mean, GRPO's clipped surrogate), which is what makes per-chunk backward exact.
 
 use super::forward::{target_log_probs, DropoutKey, TrainableQwen2};
-use candle_core::backprop::GradStore;
+use super::optim::GradAccumulator;
 use candle_core::{Result, Tensor, Var};
-use std::collections::BTreeMap;
 
 /// Which hidden rows predict which tokens: row `positions[i]` predicts `targets[i]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,28 +44,6 @@ pub trait TokenLoss {
     fn chunk_loss(&self, start: usize, log_probs: &Tensor) -> Result<Tensor>;
 }
 
-/// Gradients summed over sequences, by trainable parameter name.
-#[derive(Default)]
-pub struct GradSums {
-    pub grads: BTreeMap<String, Tensor>,
-}
-
-impl GradSums {
-    /// Adds the gradients `store` holds for the given parameters.
-    pub fn add(&mut self, store: &GradStore, params: &[(String, Var)]) -> Result<()> {
-        for (name, var) in params {
-            if let Some(g) = store.get(var.as_tensor()) {
-                let sum = match self.grads.remove(name) {
-                    Some(prev) => (prev + g)?,
-                    None => g.clone(),
-                };
-                self.grads.insert(name.clone(), sum);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What one sequence's pass measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SequencePass {
@@ -75,7 +52,8 @@ pub struct SequencePass {
     pub tokens: usize,
 }
 
-/// Forward + backward of `tokens` under `loss`, adding parameter gradients into `sums`.
+/// Forward + backward of `tokens` under `loss`, adding parameter gradients into `sums` (one
+/// accumulated pass per backward: head chunks, layers, embedding).
 pub fn accumulate_sequence(
     model: &TrainableQwen2,
     tokens: &[u32],
@@ -83,7 +61,7 @@ pub fn accumulate_sequence(
     loss: &dyn TokenLoss,
     key: Option<DropoutKey>,
     head_chunk: usize,
-    sums: &mut GradSums,
+    sums: &mut GradAccumulator,
 ) -> Result<SequencePass> {
     let t = tokens.len();
     let layers = model.config().num_hidden_layers;
@@ -116,14 +94,14 @@ pub fn accumulate_sequence(
         if let Some(g) = store.get(hidden.as_tensor()) {
             grad = (grad + g)?.detach();
         }
-        sums.add(&store, &params)?;
+        sums.accumulate(&params, &store)?;
     }
 
     for idx in (0..layers).rev() {
         let input = Var::from_tensor(&inputs[idx])?;
         let out = model.layer(idx, input.as_tensor(), &cos, &sin, key)?;
         let store = (out * &grad)?.sum_all()?.backward()?;
-        sums.add(&store, &params)?;
+        sums.accumulate(&params, &store)?;
         grad = match store.get(input.as_tensor()) {
             Some(g) => g.detach(),
             None => input.zeros_like()?.detach(),
@@ -133,7 +111,7 @@ pub fn accumulate_sequence(
     let embedded = model.embed(&ids)?;
     if embedded.track_op() {
         let store = (embedded * &grad)?.sum_all()?.backward()?;
-        sums.add(&store, &params)?;
+        sums.accumulate(&params, &store)?;
     }
     Ok(SequencePass {
         loss: total,

@@ -3,10 +3,12 @@
 //! of gRPC. They meet at [`executor`].
 
 pub mod base_weights;
+pub mod checkpoint;
 pub mod executor;
 pub mod forward;
 pub mod grad_step;
-pub mod inject;
+pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod spec;

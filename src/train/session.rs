@@ -6,7 +6,7 @@ use super::base_weights::BaseWeights;
 use super::checkpoint::{self, TrainerState};
 use super::executor::{Artifact, CheckpointReport, JobContext, StepReport, TrainError, TrainErrorKind};
 use super::forward::TrainableQwen2;
-use super::grad_step::GradSums;
+use super::optim::GradAccumulator;
 use super::optim::{clip_global_norm, lr_at, AdamW, AdamWConfig};
 use super::params::TrainParams;
 use super::spec::TrainSpec;
@@ -128,8 +128,8 @@ impl TrainSession {
     }
 
     /// Clips, schedules and applies one optimizer update; returns (pre-clip grad norm, lr).
-    pub fn apply_update(&mut self, sums: GradSums) -> Result<(f64, f64), TrainError> {
-        let mut grads: HashMap<String, Tensor> = sums.grads.into_iter().collect();
+    pub fn apply_update(&mut self, sums: GradAccumulator) -> Result<(f64, f64), TrainError> {
+        let mut grads = sums.into_scaled(1.0)?;
         let o = &self.spec.optimizer;
         let norm = clip_global_norm(&mut grads, o.grad_clip)?;
         if !norm.is_finite() {

@@ -3,7 +3,8 @@
 
 use super::executor::{JobContext, RunOutcome, TrainError, TrainResult};
 use super::forward::DropoutKey;
-use super::grad_step::{accumulate_sequence, sequence_log_probs, GradSums, LossRows, NegLogLikelihood};
+use super::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
+use super::optim::GradAccumulator;
 use super::session::TrainSession;
 use super::sft_data::{epoch_order, load_sft_dataset, SftExample};
 use super::spec::{SftSpec, TrainSpec};
@@ -99,7 +100,7 @@ pub fn run(
         let nll = NegLogLikelihood {
             weight: 1.0 / loss_tokens.max(1) as f64,
         };
-        let mut sums = GradSums::default();
+        let mut sums = GradAccumulator::new();
         let (mut loss, mut tokens) = (0.0, 0u64);
         for (micro, group) in batch.chunks(o.micro_batch_size).enumerate() {
             if ctx.is_cancelled() {

@@ -132,10 +132,16 @@ impl rmr1::train::JobContext for RecordingContext {
         self.evals.lock().unwrap().push((step, metrics.clone()));
     }
     fn warn(&self, message: &str) {
-        self.messages.lock().unwrap().push(format!("warn: {message}"));
+        self.messages
+            .lock()
+            .unwrap()
+            .push(format!("warn: {message}"));
     }
     fn info(&self, message: &str) {
-        self.messages.lock().unwrap().push(format!("info: {message}"));
+        self.messages
+            .lock()
+            .unwrap()
+            .push(format!("info: {message}"));
     }
 }
 
