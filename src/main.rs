@@ -27,6 +27,12 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Generate text from a prompt with the engine (streams it, then prints tokens/s).
     Generate(cli::generate::GenerateArgs),
+    /// Write a Hugging Face checkpoint (config, tokenizer, safetensors shards): a base with a LoRA
+    /// adapter merged in, or the base alone (GGUF → safetensors).
+    Export(cli::export::ExportArgs),
+    /// Developer tools (logits for comparison with transformers/PEFT).
+    #[command(subcommand, hide = true)]
+    Debug(cli::debug::DebugCommand),
     /// Checks of the CUDA build that need a GPU: kernels against CPU references, model outputs
     /// for comparison with transformers (scripts/gpu-check.sh runs the whole check).
     GpuCheck(cli::gpu_check::GpuCheckArgs),
@@ -73,6 +79,8 @@ fn main() -> Result<()> {
         Command::Eval(args) => cli::eval::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::GpuCheck(args) => cli::gpu_check::run(args),
+        Command::Export(args) => cli::export::run(args),
+        Command::Debug(command) => cli::debug::run(command),
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),

@@ -15,6 +15,11 @@ pub struct ModelArgs {
     /// tokenizer.json to use instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) for
+    /// --model. Merged into the weights at load (a GGUF base is dequantized to dense first): served
+    /// at the base's full speed, one adapter per served model. The tokenizer is the base's.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// RM-R1 prompt family the model was trained on: instruct or reasoning. Default: from the
     /// manifest of a known checkpoint (models/*.json).
     #[arg(long)]
@@ -59,6 +64,7 @@ impl ModelArgs {
     pub fn options(&self) -> JudgeModelOptions {
         JudgeModelOptions {
             tokenizer: self.tokenizer.clone(),
+            adapter: self.adapter.clone(),
             family: self.family,
             manifest: self.manifest.clone(),
             name: self.served_name.clone(),

@@ -17,6 +17,10 @@ pub struct GenerateArgs {
     /// tokenizer.json to use instead of the model's own.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory, merged into --model's weights at load (a GGUF base is
+    /// dequantized to dense first).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -45,6 +49,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         &args.model,
         &LoadOptions {
             tokenizer: args.tokenizer.clone(),
+            adapter: args.adapter.clone(),
             device: args.device.open()?,
             ..LoadOptions::default()
         },

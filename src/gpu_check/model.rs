@@ -49,8 +49,9 @@ fn load(dir: &Path, device: &Device) -> Result<Qwen2> {
     load_hf_weights(dir, &config, default_dtype(device), device)
 }
 
-/// Logits of the last `positions` tokens of every prompt, all prompts in one forward step.
-fn prompt_logits(
+/// Logits of the last `positions` tokens of every prompt, all prompts in one forward step (also
+/// `rmr1 debug logits` and the export tests: the engine's own forward, paged attention included).
+pub fn prompt_logits(
     model: &Qwen2,
     prompts: &[Vec<u32>],
     positions: usize,

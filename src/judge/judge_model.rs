@@ -125,6 +125,8 @@ fn single_token(tokenizer: &ModelTokenizer, text: &str) -> Result<Option<u32>> {
 #[derive(Debug, Clone, Default)]
 pub struct JudgeModelOptions {
     pub tokenizer: Option<std::path::PathBuf>,
+    /// A PEFT LoRA adapter merged into the base at load.
+    pub adapter: Option<std::path::PathBuf>,
     pub family: Option<PromptFamily>,
     pub manifest: Option<std::path::PathBuf>,
     /// Served name; default: the model's own name.
@@ -144,6 +146,7 @@ impl JudgeModel {
             spec,
             &crate::model::LoadOptions {
                 tokenizer: options.tokenizer.clone(),
+                adapter: options.adapter.clone(),
                 device: options.device.open()?,
                 ..crate::model::LoadOptions::default()
             },
@@ -151,7 +154,11 @@ impl JudgeModel {
         if let Some(name) = &options.name {
             loaded.name = name.clone();
         }
-        let model = Self::start(loaded, spec, choice, options.engine.clone())?;
+        let source = match &options.adapter {
+            Some(adapter) => format!("{spec} + adapter {}", adapter.display()),
+            None => spec.to_string(),
+        };
+        let model = Self::start(loaded, &source, choice, options.engine.clone())?;
         tracing::info!(
             name = model.name(),
             family = %model.family(),

@@ -22,6 +22,8 @@ impl ChatMessage {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Kept so exports can write the template back into a `tokenizer_config.json`.
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -40,9 +42,22 @@ impl ChatTemplate {
             .context("the model's chat template does not parse")?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {

@@ -1,6 +1,8 @@
 //! Finds and loads a model: a Hugging Face directory, a GGUF file, or a hub id downloaded into the
 //! usual Hugging Face cache.
 
+use super::adapter::LoraAdapter;
+use super::base_weights::BaseWeights;
 use super::config::Qwen2Config;
 use super::qwen2::Qwen2;
 use super::tokenizer::ModelTokenizer;
@@ -53,6 +55,10 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Overrides the tokenizer file.
     pub tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory, merged into the base weights at load: the base is read as
+    /// dense tensors (a GGUF base is dequantized), `W + (alpha/r)·B·A` computed once, and the
+    /// result served like any dense model — no per-request adapter cost, one adapter per model.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +67,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             tokenizer: None,
+            adapter: None,
         }
     }
 }
@@ -79,6 +86,9 @@ struct GenerationConfig {
 }
 
 pub fn load(spec: &str, options: &LoadOptions) -> Result<LoadedModel> {
+    if let Some(adapter) = &options.adapter {
+        return load_with_adapter(spec, adapter, options);
+    }
     match ModelSource::parse(spec)? {
         ModelSource::HfDir(dir) => load_hf_dir(&dir, options),
         ModelSource::Gguf(path) => load_gguf(&path, options),
@@ -229,6 +239,55 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        model,
+        tokenizer,
+    })
+}
+
+/// The base as dense tensors with the adapter merged in, built into the same dense [`Qwen2`] a
+/// Hugging Face directory gives.
+fn load_with_adapter(spec: &str, adapter_dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    let dtype = options
+        .dtype
+        .unwrap_or_else(|| default_dtype(&options.device));
+    let base = BaseWeights::load_with_tokenizer(
+        spec,
+        dtype,
+        &options.device,
+        options.tokenizer.as_deref(),
+    )?;
+    let adapter = LoraAdapter::load_peft(adapter_dir, &options.device)?;
+    let BaseWeights {
+        config,
+        mut tensors,
+        tokenizer,
+        ..
+    } = base;
+    adapter
+        .merge_into(&mut tensors)
+        .with_context(|| format!("merging {} into {spec}", adapter_dir.display()))?;
+    tracing::info!(
+        base = spec,
+        adapter = %adapter_dir.display(),
+        rank = adapter.rank,
+        modules = adapter.weights.len(),
+        "LoRA adapter merged at load"
+    );
+    let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), dtype, &options.device);
+    let model = Qwen2::from_var_builder(&config, vb)?;
+    let base_name = match ModelSource::parse(spec)? {
+        ModelSource::Hub { repo, .. } => repo,
+        ModelSource::HfDir(p) | ModelSource::Gguf(p) => p
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string()),
+    };
+    let adapter_name = adapter_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter".into());
+    Ok(LoadedModel {
+        name: format!("{base_name}+{adapter_name}"),
         model,
         tokenizer,
     })

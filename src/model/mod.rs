@@ -1,6 +1,8 @@
 //! Tensors: the Qwen2 architecture, weight loading and attention backends.
 
+pub mod adapter;
 pub mod attention;
+pub mod base_weights;
 pub mod chat_template;
 pub mod config;
 pub mod device;
@@ -9,8 +11,10 @@ pub mod loader;
 pub mod parallel;
 pub mod qwen2;
 pub mod rope;
+pub mod safetensors_io;
 pub mod tokenizer;
 
+pub use adapter::LoraAdapter;
 pub use attention::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 pub use config::Qwen2Config;
 pub use device::DeviceChoice;

@@ -161,6 +161,10 @@ impl ModelTokenizer {
             .map_err(|e| anyhow!("detokenizing: {e}"))
     }
 
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
     }

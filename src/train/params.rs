@@ -223,3 +223,32 @@ impl TrainParams {
         Ok(())
     }
 }
+
+impl TrainParams {
+    /// The adapters as PEFT data (detached copies of the current values).
+    pub fn to_adapter(
+        &self,
+        spec: &LoraSpec,
+        targets: &[String],
+        base_model: &str,
+    ) -> Result<crate::model::adapter::LoraAdapter> {
+        let weights = self
+            .lora
+            .iter()
+            .map(|(m, l)| {
+                Ok((
+                    m.clone(),
+                    (l.a.as_tensor().detach().copy()?, l.b.as_tensor().detach().copy()?),
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok(crate::model::adapter::LoraAdapter {
+            rank: spec.rank,
+            alpha: spec.alpha,
+            dropout: spec.dropout,
+            target_modules: targets.to_vec(),
+            base_model: base_model.to_string(),
+            weights,
+        })
+    }
+}

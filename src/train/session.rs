@@ -115,7 +115,8 @@ impl TrainSession {
         let (trainable, optimizer) = checkpoint::load_tensors(&ckpt, self.model.device())?;
         self.model.params.load_trainable(&trainable)?;
         let config = self.optimizer.config().clone();
-        self.optimizer = AdamW::from_state(config, &optimizer, ckpt.state.optimizer_steps)?;
+        self.optimizer =
+            AdamW::from_state(config, optimizer.into_iter().collect(), ckpt.state.optimizer_steps)?;
         ctx.info(&format!(
             "resuming from {} (step {})",
             ckpt.path.display(),
@@ -209,7 +210,11 @@ impl TrainSession {
             TrainError::new(TrainErrorKind::ResourceExhausted, format!("exporting: {e:#}"))
         };
         if self.model.params.is_lora() {
-            let adapter = super::lora::to_adapter(&self.model.params, &self.spec, &self.base.spec)?;
+            let lora = self.spec.adapter.as_ref().expect("LoRA params come from a LoRA spec");
+            let adapter =
+                self.model
+                    .params
+                    .to_adapter(lora, &self.spec.lora_targets(), &self.base.spec)?;
             let adapter_dir = out.join("adapter");
             adapter.save_peft(&adapter_dir).map_err(io)?;
             let merged_dir = out.join("merged");
@@ -226,8 +231,16 @@ impl TrainSession {
             ])
         } else {
             let model_dir = out.join("model");
-            super::export::export_full(&self.base, &self.trainable_tensors(), &model_dir)
-                .map_err(io)?;
+            let dtype = super::export::default_export_dtype(&self.base);
+            super::export::write_hf_checkpoint(
+                &model_dir,
+                &super::export::checkpoint_config(&self.base, dtype).map_err(io)?,
+                &self.trainable_tensors(),
+                dtype,
+                super::export::TokenizerFiles::of_base(&self.base, None),
+                super::export::DEFAULT_MAX_SHARD_BYTES,
+            )
+            .map_err(io)?;
             Ok(vec![Artifact {
                 path: model_dir,
                 format: "hf_full".into(),
