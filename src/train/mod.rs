@@ -4,6 +4,7 @@
 
 pub mod base_weights;
 pub mod executor;
+pub mod sft_data;
 pub mod spec;
 
 pub use executor::{
