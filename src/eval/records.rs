@@ -49,28 +49,66 @@ pub fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 
 /// The records of `file`; a record that cannot even be parsed is an `Err` naming why.
 pub fn read_records(file: &DataFile) -> Result<Vec<Result<serde_json::Value, String>>> {
+    Ok(read_numbered_records(file)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect())
+}
+
+/// Like [`read_records`], each record with where it is, 1-based: its line in a JSON Lines file
+/// (blank lines are skipped but counted, so the number is what an editor shows), else its
+/// position in the JSON array or parquet file. A JSON Lines line that is not UTF-8 is a bad
+/// record, not a bad file.
+pub fn read_numbered_records(file: &DataFile) -> Result<Vec<NumberedRecord>> {
     let path = &file.path;
     if has_extension(path, &["parquet"]) {
         return read_parquet(path);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if has_extension(path, &["jsonl"]) || !text.trim_start().starts_with('[') {
-        return Ok(text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON: {e}")))
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if has_extension(path, &["jsonl"]) || first != Some(&b'[') {
+        return Ok(bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .map(|(index, line)| (index + 1, parse_line(line)))
             .collect());
     }
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     match value {
-        serde_json::Value::Array(items) => Ok(items.into_iter().map(Ok).collect()),
+        serde_json::Value::Array(items) => Ok(numbered(items.into_iter().map(Ok))),
         _ => bail!("{} is not a JSON array of records", path.display()),
     }
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<Result<serde_json::Value, String>>> {
+/// A record and its 1-based line (JSON Lines) or position (JSON array, parquet).
+pub type NumberedRecord = (usize, Result<serde_json::Value, String>);
+
+fn numbered(
+    records: impl Iterator<Item = Result<serde_json::Value, String>>,
+) -> Vec<NumberedRecord> {
+    records.enumerate().map(|(i, r)| (i + 1, r)).collect()
+}
+
+fn parse_line(line: &[u8]) -> Result<serde_json::Value, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<NumberedRecord>> {
+    // The parquet decoder is known to panic on some corrupt files; a dataset file is untrusted
+    // input, so a crash in it becomes an error naming the file rather than taking down the caller
+    // (the server runs loaders on its own threads).
+    std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|_| {
+        bail!(
+            "{} could not be decoded (the parquet reader crashed on it)",
+            path.display()
+        )
+    })
+}
+
+fn read_parquet_rows(path: &Path) -> Result<Vec<NumberedRecord>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = SerializedFileReader::new(file)
@@ -78,10 +116,17 @@ fn read_parquet(path: &Path) -> Result<Vec<Result<serde_json::Value, String>>> {
     let rows = reader
         .get_row_iter(None)
         .with_context(|| format!("reading rows of {}", path.display()))?;
-    Ok(rows
-        .map(|row| {
-            row.map(|r| r.to_json_value())
-                .map_err(|e| format!("unreadable parquet row: {e}"))
-        })
-        .collect())
+    Ok(numbered(rows.map(|row| {
+        row.map(|r| r.to_json_value())
+            .map_err(|e| format!("unreadable parquet row: {}", clip(&e.to_string())))
+    })))
+}
+
+/// The parquet crate quotes every byte of a value it cannot decode; a message stays readable.
+fn clip(message: &str) -> String {
+    const MAX: usize = 300;
+    match message.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_string(),
+    }
 }

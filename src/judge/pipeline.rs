@@ -97,12 +97,9 @@ struct Generated {
 impl JudgeModel {
     /// The prompt token ids for `input` shown as given.
     pub fn render_prompt(&self, input: &PairInput) -> Result<Vec<u32>, JudgeError> {
-        let messages = judge_messages(self.family(), input);
-        let text = self
-            .tokenizer
-            .apply_chat_template(&messages, true)
-            .map_err(JudgeError::Render)?;
-        self.tokenizer.encode(&text).map_err(JudgeError::Render)
+        self.tokenizer
+            .encode_chat_prompt(&judge_messages(self.family(), input))
+            .map_err(JudgeError::Render)
     }
 
     fn sampling(&self, params: &JudgeParams, order: usize) -> SamplingParams {

@@ -179,6 +179,13 @@ impl ModelTokenizer {
             .context("this model has no chat template")?
             .render(messages, add_generation_prompt)
     }
+
+    /// The token ids a model is fed to answer `messages`: the chat template with the generation
+    /// prompt, encoded as-is. The judge builds its prompts with this and SFT its training
+    /// prompts, so a trained model sees at inference exactly the ids it was trained on.
+    pub fn encode_chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.encode(&self.apply_chat_template(messages, true)?)
+    }
 }
 
 /// A tokenizer whose token `i` is the word `t{i}`, for engines run on random-weight models

@@ -15,7 +15,11 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod session;
+pub mod sft;
+pub mod sft_data;
 pub mod spec;
+pub mod trainer;
 
 pub use crate::model::adapter::LoraAdapter;
 pub use executor::{

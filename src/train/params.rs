@@ -238,7 +238,10 @@ impl TrainParams {
             .map(|(m, l)| {
                 Ok((
                     m.clone(),
-                    (l.a.as_tensor().detach().copy()?, l.b.as_tensor().detach().copy()?),
+                    (
+                        l.a.as_tensor().detach().copy()?,
+                        l.b.as_tensor().detach().copy()?,
+                    ),
                 ))
             })
             .collect::<Result<BTreeMap<_, _>>>()?;

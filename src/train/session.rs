@@ -4,7 +4,9 @@
 
 use super::base_weights::BaseWeights;
 use super::checkpoint::{self, TrainerState};
-use super::executor::{Artifact, CheckpointReport, JobContext, StepReport, TrainError, TrainErrorKind};
+use super::executor::{
+    Artifact, CheckpointReport, JobContext, StepReport, TrainError, TrainErrorKind,
+};
 use super::forward::TrainableQwen2;
 use super::optim::GradAccumulator;
 use super::optim::{clip_global_norm, lr_at, AdamW, AdamWConfig};
@@ -12,7 +14,7 @@ use super::params::TrainParams;
 use super::spec::TrainSpec;
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub struct TrainSession {
@@ -50,9 +52,16 @@ impl TrainSession {
         max_positions: usize,
     ) -> Result<Self, TrainError> {
         let compute_dtype = crate::model::loader::default_dtype(device);
-        let base_dtype = if spec.adapter.is_some() { compute_dtype } else { DType::F32 };
+        let base_dtype = if spec.adapter.is_some() {
+            compute_dtype
+        } else {
+            DType::F32
+        };
         let base = BaseWeights::load(&spec.base_model, base_dtype, device).map_err(|e| {
-            failed_precondition(format!("base_model {:?} cannot be loaded: {e:#}", spec.base_model))
+            failed_precondition(format!(
+                "base_model {:?} cannot be loaded: {e:#}",
+                spec.base_model
+            ))
         })?;
         let layers = base.config.num_hidden_layers;
         let params = match &spec.adapter {
@@ -115,8 +124,11 @@ impl TrainSession {
         let (trainable, optimizer) = checkpoint::load_tensors(&ckpt, self.model.device())?;
         self.model.params.load_trainable(&trainable)?;
         let config = self.optimizer.config().clone();
-        self.optimizer =
-            AdamW::from_state(config, optimizer.into_iter().collect(), ckpt.state.optimizer_steps)?;
+        self.optimizer = AdamW::from_state(
+            config,
+            optimizer.into_iter().collect(),
+            ckpt.state.optimizer_steps,
+        )?;
         ctx.info(&format!(
             "resuming from {} (step {})",
             ckpt.path.display(),
@@ -141,7 +153,8 @@ impl TrainSession {
         }
         let warmup = (o.warmup_ratio * self.total_steps as f64).ceil() as u64;
         let lr = lr_at(o.schedule, o.lr, warmup, self.total_steps, self.state.step);
-        self.optimizer.step(&self.model.params.trainable(), &grads, lr)?;
+        self.optimizer
+            .step(&self.model.params.trainable(), &grads, lr)?;
         self.state.step += 1;
         self.state.optimizer_steps = self.optimizer.step_count();
         Ok((norm, lr))
@@ -179,7 +192,8 @@ impl TrainSession {
 
     /// Writes a checkpoint of the current step and reports it.
     pub fn checkpoint(&self, ctx: &dyn JobContext) -> Result<(), TrainError> {
-        let optimizer: BTreeMap<String, Tensor> = self.optimizer.state_tensors().into_iter().collect();
+        let optimizer: BTreeMap<String, Tensor> =
+            self.optimizer.state_tensors().into_iter().collect();
         let path = checkpoint::save(
             &self.spec.output_dir,
             &self.state,
@@ -187,7 +201,12 @@ impl TrainSession {
             &optimizer,
             self.spec.run.keep_last_checkpoints,
         )
-        .map_err(|e| TrainError::new(TrainErrorKind::ResourceExhausted, format!("writing a checkpoint: {e:#}")))?;
+        .map_err(|e| {
+            TrainError::new(
+                TrainErrorKind::ResourceExhausted,
+                format!("writing a checkpoint: {e:#}"),
+            )
+        })?;
         ctx.checkpoint_saved(&CheckpointReport {
             step: self.state.step,
             path,
@@ -207,10 +226,17 @@ impl TrainSession {
     pub fn export(&self) -> Result<Vec<Artifact>, TrainError> {
         let out = &self.spec.output_dir;
         let io = |e: anyhow::Error| {
-            TrainError::new(TrainErrorKind::ResourceExhausted, format!("exporting: {e:#}"))
+            TrainError::new(
+                TrainErrorKind::ResourceExhausted,
+                format!("exporting: {e:#}"),
+            )
         };
         if self.model.params.is_lora() {
-            let lora = self.spec.adapter.as_ref().expect("LoRA params come from a LoRA spec");
+            let lora = self
+                .spec
+                .adapter
+                .as_ref()
+                .expect("LoRA params come from a LoRA spec");
             let adapter =
                 self.model
                     .params

@@ -53,7 +53,11 @@ pub fn mean_loss(session: &TrainSession, data: &[SftExample]) -> Result<f64, Tra
         sum -= lp.iter().map(|&x| x as f64).sum::<f64>();
         count += lp.len();
     }
-    Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    })
 }
 
 pub fn run(
@@ -135,7 +139,10 @@ pub fn run(
             ("loss".to_string(), loss),
             ("lr".to_string(), lr),
             ("grad_norm".to_string(), grad_norm),
-            ("tokens_per_s".to_string(), tokens as f64 / seconds.max(1e-9)),
+            (
+                "tokens_per_s".to_string(),
+                tokens as f64 / seconds.max(1e-9),
+            ),
             ("loss_tokens".to_string(), loss_tokens as f64),
         ]);
         session.report_step(ctx, epoch, metrics);
@@ -146,7 +153,10 @@ pub fn run(
         let every = sft.eval_every_steps;
         if !eval.is_empty() && (last || (every > 0 && session.state.step % every == 0)) {
             let eval_loss = mean_loss(&session, &eval)?;
-            ctx.eval(session.state.step, &BTreeMap::from([("eval_loss".to_string(), eval_loss)]));
+            ctx.eval(
+                session.state.step,
+                &BTreeMap::from([("eval_loss".to_string(), eval_loss)]),
+            );
             last_eval = Some(eval_loss);
         }
     }
