@@ -225,7 +225,7 @@ impl Shared {
             Ok(Err(e)) => fail(ErrorCode::from(e.kind), e.message),
             Err(panic) => fail(
                 ErrorCode::Internal,
-                format!("the trainer panicked: {}", panic_message(&panic)),
+                format!("the trainer panicked: {}", panic_message(&*panic)),
             ),
         };
         match self.store.transition(job_id, to, change) {
