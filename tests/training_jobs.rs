@@ -1,300 +1,25 @@
-//! Training jobs over gRPC on loopback with a fake trainer: creation and idempotency, spec and
-//! path validation, listing and paging, watching, cancelling, queueing, failures, panics, and
-//! recovery after a restart. No judge model is loaded: training does not need one.
-//!
-//! The fake trainer's behaviour is chosen by the job's `base_model`: `steps:N` (N steps, a
-//! checkpoint every 2), `gate` (one step, then waits for the test to open its gate while honouring
-//! cancellation), `fail`, `bad-data` (fails before RUNNING) and `panic`.
+//! Training jobs over gRPC on loopback with a fake trainer (see common/train_server.rs):
+//! creation and idempotency, spec and path validation, listing and paging, watching, cancelling,
+//! queueing, failures, panics, and recovery after a restart. No judge model is loaded: training
+//! does not need one.
+
+#[path = "common/train_server.rs"]
+mod train_server;
 
 use rmr1::api::proto::training_service_client::TrainingServiceClient;
 use rmr1::api::proto::{
-    self, train_job_event, train_job_spec, CancelTrainJobRequest, CreateTrainJobRequest,
-    GetTrainJobRequest, ListCheckpointsRequest, ListTrainJobsRequest, TrainJob, TrainJobEvent,
-    TrainJobSpec, TrainJobState, WatchTrainJobRequest,
+    self, train_job_event, train_job_spec, GetTrainJobRequest, ListCheckpointsRequest,
+    ListTrainJobsRequest, TrainJobSpec, TrainJobState, WatchTrainJobRequest,
 };
-use rmr1::api::{GrpcServer, TrainingConfig};
+use rmr1::api::GrpcServer;
 use rmr1::train::job::JobState;
 use rmr1::train::store::{CreateOutcome, JobStore, StateChange};
-use rmr1::train::{
-    Artifact, CheckpointReport, JobContext, RunOutcome, StepReport, TrainError, TrainErrorKind,
-    TrainExecutor, TrainResult, TrainSpec,
-};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use rmr1::train::TrainSpec;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use tonic::transport::Channel;
 use tonic::Code;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-#[derive(Default)]
-struct FakeTrainer {
-    /// Jobs whose `gate` trainer may finish.
-    opened: Mutex<HashSet<String>>,
-    opened_cv: Condvar,
-    /// Job ids in the order runs started (a restarted job appears twice).
-    runs: Mutex<Vec<String>>,
-}
-
-impl FakeTrainer {
-    fn open_gate(&self, job_id: &str) {
-        self.opened.lock().unwrap().insert(job_id.to_string());
-        self.opened_cv.notify_all();
-    }
-
-    fn runs(&self) -> Vec<String> {
-        self.runs.lock().unwrap().clone()
-    }
-
-    fn report(ctx: &dyn JobContext, step: u64, total: u64) {
-        ctx.step(&StepReport {
-            step,
-            total_steps: total,
-            epoch: 0,
-            tokens_seen: step * 100,
-            metrics: BTreeMap::from([
-                ("loss".to_string(), 1.0 / step as f64),
-                ("tokens_per_s".to_string(), 1000.0),
-            ]),
-            eta_seconds: Some((total - step) as f64),
-        });
-    }
-
-    fn completed(spec: &TrainSpec) -> RunOutcome {
-        RunOutcome::Completed(TrainResult {
-            artifacts: vec![Artifact {
-                path: spec.output_dir.join("final"),
-                format: "peft_lora".into(),
-            }],
-            final_metrics: BTreeMap::from([("loss".to_string(), 0.25)]),
-        })
-    }
-}
-
-impl TrainExecutor for FakeTrainer {
-    fn run(&self, spec: &TrainSpec, ctx: &dyn JobContext) -> Result<RunOutcome, TrainError> {
-        self.runs.lock().unwrap().push(ctx.job_id().to_string());
-        let mode = spec.base_model.as_str();
-        if mode == "bad-data" {
-            return Err(TrainError::invalid_data("train.jsonl row 3: no `winner` field"));
-        }
-        ctx.running();
-        if let Some(n) = mode.strip_prefix("steps:") {
-            let total: u64 = n.parse().unwrap();
-            for step in 1..=total {
-                if ctx.is_cancelled() {
-                    return Ok(RunOutcome::Cancelled);
-                }
-                Self::report(ctx, step, total);
-                if step % 2 == 0 {
-                    ctx.checkpoint_saved(&CheckpointReport {
-                        step,
-                        path: spec.output_dir.join(format!("checkpoint-{step}")),
-                        loss: Some(1.0 / step as f64),
-                    });
-                }
-            }
-            ctx.eval(total, &BTreeMap::from([("accuracy".to_string(), 0.5)]));
-            return Ok(Self::completed(spec));
-        }
-        match mode {
-            "gate" => {
-                Self::report(ctx, 1, 2);
-                let mut opened = self.opened.lock().unwrap();
-                // Polls the flag like a trainer between micro-batches; the gate is the test's
-                // signal to finish.
-                while !opened.contains(ctx.job_id()) {
-                    if ctx.is_cancelled() {
-                        ctx.info("stopping at step 1");
-                        return Ok(RunOutcome::Cancelled);
-                    }
-                    opened = self
-                        .opened_cv
-                        .wait_timeout(opened, Duration::from_millis(5))
-                        .unwrap()
-                        .0;
-                }
-                drop(opened);
-                Self::report(ctx, 2, 2);
-                Ok(Self::completed(spec))
-            }
-            "fail" => {
-                Self::report(ctx, 1, 10);
-                ctx.warn("memory is getting tight");
-                Err(TrainError::new(
-                    TrainErrorKind::ResourceExhausted,
-                    "out of device memory at step 2",
-                ))
-            }
-            "panic" => panic!("the fake trainer exploded"),
-            other => panic!("unknown fake mode {other:?}"),
-        }
-    }
-}
-
-struct Harness {
-    server: GrpcServer,
-    trainer: Arc<FakeTrainer>,
-    dir: PathBuf,
-    client: TrainingServiceClient<Channel>,
-}
-
-impl Harness {
-    /// A server with training over `dir/data` (database) and `dir/root` (the one train root).
-    async fn start(dir: &Path) -> Self {
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("data")).unwrap();
-        std::fs::write(root.join("data/train.jsonl"), "{}\n").unwrap();
-        let trainer = Arc::new(FakeTrainer::default());
-        let config = TrainingConfig {
-            data_dir: dir.join("data"),
-            train_roots: vec![root],
-            executor: trainer.clone(),
-        };
-        let server = GrpcServer::start_with("127.0.0.1:0".parse().unwrap(), Some(config))
-            .await
-            .unwrap();
-        let client = TrainingServiceClient::connect(format!("http://{}", server.local_addr()))
-            .await
-            .unwrap();
-        Self {
-            server,
-            trainer,
-            dir: dir.to_path_buf(),
-            client,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.join("root").canonicalize().unwrap()
-    }
-
-    async fn create(&self, id: &str, mode: &str, out: &str) -> Result<TrainJob, tonic::Status> {
-        self.create_with(id, spec(mode, out), HashMap::new()).await
-    }
-
-    async fn create_with(
-        &self,
-        id: &str,
-        spec: TrainJobSpec,
-        labels: HashMap<String, String>,
-    ) -> Result<TrainJob, tonic::Status> {
-        let request = CreateTrainJobRequest {
-            job_id: id.into(),
-            labels,
-            spec: Some(spec),
-        };
-        self.client
-            .clone()
-            .create_train_job(request)
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    async fn get(&self, id: &str) -> TrainJob {
-        let request = GetTrainJobRequest { job_id: id.into() };
-        self.client
-            .clone()
-            .get_train_job(request)
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn cancel(&self, id: &str) -> Result<TrainJob, tonic::Status> {
-        let request = CancelTrainJobRequest { job_id: id.into() };
-        self.client
-            .clone()
-            .cancel_train_job(request)
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    async fn watch(&self, id: &str, after: u64) -> tonic::Streaming<TrainJobEvent> {
-        let request = WatchTrainJobRequest {
-            job_id: id.into(),
-            after_sequence: after,
-        };
-        self.client
-            .clone()
-            .watch_train_job(request)
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// Every event after `after` until the stream ends (the job is terminal).
-    async fn events(&self, id: &str, after: u64) -> Vec<TrainJobEvent> {
-        let mut stream = self.watch(id, after).await;
-        let mut events = Vec::new();
-        tokio::time::timeout(WAIT, async {
-            while let Some(e) = stream.message().await.unwrap() {
-                events.push(e);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("job {id} did not end; events so far: {events:?}"));
-        events
-    }
-
-    /// Reads `stream` until the job enters `state`; returns the events read.
-    async fn until_state(
-        stream: &mut tonic::Streaming<TrainJobEvent>,
-        state: TrainJobState,
-    ) -> Vec<TrainJobEvent> {
-        let mut seen = Vec::new();
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let e = stream.message().await.unwrap().expect("stream ended early");
-                let reached = to_state(&e) == Some(state);
-                seen.push(e);
-                if reached {
-                    return;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {state:?} event"));
-        seen
-    }
-
-    /// Waits for `id` to be RUNNING (on the device) and returns the stream, positioned after it.
-    async fn running(&self, id: &str) -> tonic::Streaming<TrainJobEvent> {
-        let mut stream = self.watch(id, 0).await;
-        Self::until_state(&mut stream, TrainJobState::Running).await;
-        stream
-    }
-}
-
-fn spec(mode: &str, out: &str) -> TrainJobSpec {
-    TrainJobSpec {
-        base_model: mode.into(),
-        task: Some(train_job_spec::Task::Sft(proto::SftSpec {
-            train_files: vec!["data/train.jsonl".into()],
-            ..Default::default()
-        })),
-        output_dir: out.into(),
-        ..Default::default()
-    }
-}
-
-fn to_state(e: &TrainJobEvent) -> Option<TrainJobState> {
-    match &e.event {
-        Some(train_job_event::Event::StateChanged(s)) => Some(s.to()),
-        _ => None,
-    }
-}
-
-fn states(events: &[TrainJobEvent]) -> Vec<TrainJobState> {
-    events.iter().filter_map(to_state).collect()
-}
-
-fn assert_contiguous(events: &[TrainJobEvent], first: u64) {
-    let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
-    let expected: Vec<u64> = (first..first + seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "sequences must have no gaps or repeats");
-}
+use train_server::{assert_contiguous, resolved_spec, spec, states, to_state, Harness, WAIT};
 
 #[tokio::test]
 async fn create_is_idempotent_on_the_job_id() {
@@ -308,7 +33,10 @@ async fn create_is_idempotent_on_the_job_id() {
     let Some(train_job_spec::Task::Sft(sft)) = &stored.task else {
         panic!("not sft")
     };
-    assert_eq!(sft.train_files, [h.root().join("data/train.jsonl").to_str().unwrap()]);
+    assert_eq!(
+        sft.train_files,
+        [h.root().join("data/train.jsonl").to_str().unwrap()]
+    );
     assert_eq!(sft.target_field, "winner");
     assert_eq!(stored.optimizer.as_ref().unwrap().lr, 5e-6);
 
@@ -471,9 +199,13 @@ async fn list_filters_by_state_and_label_and_pages_in_creation_order() {
     for i in 0..7 {
         let parity = if i % 2 == 0 { "even" } else { "odd" };
         let labels = HashMap::from([("parity".to_string(), parity.to_string())]);
-        h.create_with(&format!("q{i}"), spec("steps:1", &format!("runs/q{i}")), labels)
-            .await
-            .unwrap();
+        h.create_with(
+            &format!("q{i}"),
+            spec("steps:1", &format!("runs/q{i}")),
+            labels,
+        )
+        .await
+        .unwrap();
     }
     h.cancel("q1").await.unwrap();
     h.cancel("q4").await.unwrap();
@@ -633,9 +365,7 @@ async fn a_finished_job_reports_progress_checkpoints_and_its_result() {
     let checkpoints = h
         .client
         .clone()
-        .list_checkpoints(ListCheckpointsRequest {
-            job_id: "s".into(),
-        })
+        .list_checkpoints(ListCheckpointsRequest { job_id: "s".into() })
         .await
         .unwrap()
         .into_inner()
@@ -700,9 +430,17 @@ async fn one_job_at_a_time_in_creation_order() {
     h.trainer.open_gate("first");
     for id in ["first", "second", "third"] {
         let events = h.events(id, 0).await;
-        assert_eq!(states(&events).last(), Some(&TrainJobState::Succeeded), "{id}");
+        assert_eq!(
+            states(&events).last(),
+            Some(&TrainJobState::Succeeded),
+            "{id}"
+        );
     }
-    let (first, second, third) = (h.get("first").await, h.get("second").await, h.get("third").await);
+    let (first, second, third) = (
+        h.get("first").await,
+        h.get("second").await,
+        h.get("third").await,
+    );
     assert!(second.start_time_ms >= first.end_time_ms);
     assert!(third.start_time_ms >= second.end_time_ms);
     assert_eq!(h.trainer.runs(), ["first", "second", "third"]);
@@ -724,7 +462,10 @@ async fn trainer_failures_become_failed_jobs_with_a_code() {
     let job = h.get("oom").await;
     assert_eq!(job.state(), TrainJobState::Failed);
     let error = job.error.unwrap();
-    assert_eq!((error.code, error.code_name.as_str()), (8, "RESOURCE_EXHAUSTED"));
+    assert_eq!(
+        (error.code, error.code_name.as_str()),
+        (8, "RESOURCE_EXHAUSTED")
+    );
     assert_eq!(error.message, "out of device memory at step 2");
 
     // Bad data fails in PENDING, before RUNNING.
@@ -738,7 +479,10 @@ async fn trainer_failures_become_failed_jobs_with_a_code() {
         ]
     );
     let error = h.get("data").await.error.unwrap();
-    assert_eq!((error.code, error.code_name.as_str()), (3, "INVALID_ARGUMENT"));
+    assert_eq!(
+        (error.code, error.code_name.as_str()),
+        (3, "INVALID_ARGUMENT")
+    );
 }
 
 #[tokio::test]
@@ -750,7 +494,10 @@ async fn a_trainer_panic_fails_the_job_and_the_server_goes_on() {
     h.events("boom", 0).await;
     let error = h.get("boom").await.error.unwrap();
     assert_eq!(error.code_name, "INTERNAL");
-    assert!(error.message.contains("the fake trainer exploded"), "{error:?}");
+    assert!(
+        error.message.contains("the fake trainer exploded"),
+        "{error:?}"
+    );
     // The runner survived and runs the next job.
     let events = h.events("after", 0).await;
     assert_eq!(states(&events).last(), Some(&TrainJobState::Succeeded));
@@ -781,10 +528,18 @@ async fn health_reports_training_serving_without_a_judge_model() {
                 .status()
         }
     };
-    assert_eq!(status("rmr1.v1.TrainingService").await, ServingStatus::Serving);
-    assert_eq!(status("rmr1.v1.JudgeService").await, ServingStatus::NotServing);
+    assert_eq!(
+        status("rmr1.v1.TrainingService").await,
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        status("rmr1.v1.JudgeService").await,
+        ServingStatus::NotServing
+    );
     // A server without training does not offer it.
-    let plain = GrpcServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let plain = GrpcServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let mut client = TrainingServiceClient::connect(format!("http://{}", plain.local_addr()))
         .await
         .unwrap();
@@ -794,15 +549,6 @@ async fn health_reports_training_serving_without_a_judge_model() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     let _ = health.check(HealthCheckRequest::default()).await.unwrap();
-}
-
-/// A spec as the server stores it (resolved), for writing to the store directly.
-fn resolved_spec(root: &Path, mode: &str, out: &str) -> TrainSpec {
-    let mut spec =
-        rmr1::api::training_convert::train_spec(&spec(mode, out)).expect("a valid spec");
-    let roots = rmr1::train::roots::TrainRoots::new(&[root.to_path_buf()]).unwrap();
-    roots.resolve_spec(&mut spec).unwrap();
-    spec
 }
 
 #[tokio::test]

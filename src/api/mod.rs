@@ -11,5 +11,5 @@ pub mod status;
 pub mod training_convert;
 pub mod training_service;
 
-pub use server::GrpcServer;
 pub use crate::train::TrainingConfig;
+pub use server::GrpcServer;

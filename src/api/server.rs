@@ -89,9 +89,9 @@ impl GrpcServer {
         let models = ModelServiceServer::new(ModelApi {
             registry: registry.clone(),
         });
-        let training_service = training.as_ref().map(|jobs| {
-            TrainingServiceServer::new(TrainingApi { jobs: jobs.clone() })
-        });
+        let training_service = training
+            .as_ref()
+            .map(|jobs| TrainingServiceServer::new(TrainingApi { jobs: jobs.clone() }));
         if training_service.is_some() {
             health
                 .set_serving::<TrainingServiceServer<TrainingApi>>()

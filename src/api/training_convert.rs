@@ -4,8 +4,7 @@
 use super::proto::{self, train_job_event, train_job_spec};
 use crate::train::job::JobState;
 use crate::train::record::{
-    CheckpointRecord, EventKind, JobEvent, JobFailure, JobOutput, JobProgress, JobRecord,
-    LogLevel,
+    CheckpointRecord, EventKind, JobEvent, JobFailure, JobOutput, JobProgress, JobRecord, LogLevel,
 };
 use crate::train::spec::{
     LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, SpecError, TaskSpec, TrainSpec,
@@ -220,14 +219,22 @@ fn result_proto(r: &JobOutput) -> proto::TrainJobResult {
                 format: a.format.clone(),
             })
             .collect(),
-        final_metrics: r.final_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        final_metrics: r
+            .final_metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     }
 }
 
 pub fn job_proto(j: &JobRecord) -> proto::TrainJob {
     proto::TrainJob {
         job_id: j.job_id.clone(),
-        labels: j.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: j
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         spec: Some(spec_proto(&j.spec)),
         state: state_proto(j.state) as i32,
         create_time_ms: j.create_ms,

@@ -5,3 +5,4 @@ pub mod generate;
 pub mod gpu_check;
 pub mod judge;
 pub mod serve;
+pub mod train;

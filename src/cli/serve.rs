@@ -60,7 +60,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService{}, health, \
          reflection)",
         server.local_addr(),
-        if with_training { ", rmr1.v1.TrainingService" } else { "" }
+        if with_training {
+            ", rmr1.v1.TrainingService"
+        } else {
+            ""
+        }
     );
     server.run_until(termination()).await
 }

@@ -118,7 +118,9 @@ fn record_metrics(e: &JobEvent) {
     match &e.kind {
         EventKind::StateChanged { from, to, .. } => {
             match from {
-                Some(from) => metrics::gauge!(m::TRAIN_JOBS, "state" => from.as_str()).decrement(1.0),
+                Some(from) => {
+                    metrics::gauge!(m::TRAIN_JOBS, "state" => from.as_str()).decrement(1.0)
+                }
                 None => metrics::counter!(m::TRAIN_JOBS_CREATED).increment(1),
             }
             metrics::gauge!(m::TRAIN_JOBS, "state" => to.as_str()).increment(1.0);

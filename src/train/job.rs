@@ -90,14 +90,14 @@ pub fn can_transition(from: JobState, to: JobState) -> bool {
     }
 }
 
-/// What `CancelTrainJob` does to a job in `state`: `Ok(new state)` (the same state when there is
-/// nothing to do), `Err(())` when the job has already finished.
-pub fn cancel_target(state: JobState) -> Result<JobState, ()> {
+/// What `CancelTrainJob` does to a job in `state`: the new state (the same state when there is
+/// nothing to do), or `None` when the job has already finished.
+pub fn cancel_target(state: JobState) -> Option<JobState> {
     match state {
-        JobState::Queued => Ok(JobState::Cancelled),
-        JobState::Pending | JobState::Running => Ok(JobState::Cancelling),
-        JobState::Cancelling => Ok(JobState::Cancelling),
-        JobState::Succeeded | JobState::Failed | JobState::Cancelled => Err(()),
+        JobState::Queued => Some(JobState::Cancelled),
+        JobState::Pending | JobState::Running => Some(JobState::Cancelling),
+        JobState::Cancelling => Some(JobState::Cancelling),
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled => None,
     }
 }
 
@@ -147,17 +147,20 @@ mod tests {
 
     #[test]
     fn cancellation() {
-        assert_eq!(cancel_target(Queued), Ok(Cancelled));
-        assert_eq!(cancel_target(Pending), Ok(Cancelling));
-        assert_eq!(cancel_target(Running), Ok(Cancelling));
-        assert_eq!(cancel_target(Cancelling), Ok(Cancelling));
+        assert_eq!(cancel_target(Queued), Some(Cancelled));
+        assert_eq!(cancel_target(Pending), Some(Cancelling));
+        assert_eq!(cancel_target(Running), Some(Cancelling));
+        assert_eq!(cancel_target(Cancelling), Some(Cancelling));
         for s in [Succeeded, Failed, Cancelled] {
-            assert_eq!(cancel_target(s), Err(()));
+            assert_eq!(cancel_target(s), None);
         }
         assert!(can_transition(Queued, Cancelled));
         assert!(can_transition(Running, Cancelling));
         assert!(can_transition(Cancelling, Cancelled));
-        assert!(!can_transition(Running, Cancelled), "only through CANCELLING");
+        assert!(
+            !can_transition(Running, Cancelled),
+            "only through CANCELLING"
+        );
         assert!(!can_transition(Cancelling, Running));
         assert!(!can_transition(Cancelling, Queued));
     }

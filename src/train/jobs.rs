@@ -79,10 +79,10 @@ impl TrainJobs {
     /// the runner.
     pub fn open(config: TrainingConfig) -> anyhow::Result<Self> {
         let roots = TrainRoots::new(&config.train_roots)?;
-        let store = Arc::new(
-            JobStore::open(&config.data_dir)
-                .with_context(|| format!("opening the job store in {}", config.data_dir.display()))?,
-        );
+        let store =
+            Arc::new(JobStore::open(&config.data_dir).with_context(|| {
+                format!("opening the job store in {}", config.data_dir.display())
+            })?);
         let events = Arc::new(JobEvents::default());
         let recovered = store.recover()?;
         events.publish_all(&recovered);
@@ -139,12 +139,12 @@ impl TrainJobs {
             CreateOutcome::Conflict(_) => Err(JobsError::AlreadyExists(format!(
                 "training job {job_id:?} exists with a different spec or labels"
             ))),
-            CreateOutcome::OutputDirBusy { other_job } => Err(JobsError::FailedPrecondition(
-                format!(
+            CreateOutcome::OutputDirBusy { other_job } => {
+                Err(JobsError::FailedPrecondition(format!(
                     "output_dir: {} is in use by unfinished job {other_job:?}",
                     spec.output_dir.display()
-                ),
-            )),
+                )))
+            }
         }
     }
 
@@ -169,9 +169,7 @@ impl TrainJobs {
                 .ok()
                 .filter(|p| *p > 0)
                 .ok_or_else(|| {
-                    JobsError::InvalidArgument(
-                        "page_token: not a token from ListTrainJobs".into(),
-                    )
+                    JobsError::InvalidArgument("page_token: not a token from ListTrainJobs".into())
                 })?
         };
         let size = match page_size {

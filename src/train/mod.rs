@@ -14,10 +14,10 @@ pub mod runner;
 pub mod spec;
 pub mod store;
 
+pub use default_executor::default_executor;
 pub use executor::{
     Artifact, CheckpointReport, JobContext, RunOutcome, StepReport, TrainError, TrainErrorKind,
     TrainExecutor, TrainResult,
 };
-pub use default_executor::default_executor;
 pub use jobs::{JobsError, TrainJobs, TrainingConfig};
 pub use spec::{LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, TaskSpec, TrainSpec};

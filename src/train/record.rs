@@ -222,8 +222,14 @@ mod tests {
     #[test]
     fn trainer_error_kinds_map_to_grpc_codes() {
         assert_eq!(ErrorCode::from(TrainErrorKind::InvalidData).number(), 3);
-        assert_eq!(ErrorCode::from(TrainErrorKind::FailedPrecondition).number(), 9);
-        assert_eq!(ErrorCode::from(TrainErrorKind::ResourceExhausted).number(), 8);
+        assert_eq!(
+            ErrorCode::from(TrainErrorKind::FailedPrecondition).number(),
+            9
+        );
+        assert_eq!(
+            ErrorCode::from(TrainErrorKind::ResourceExhausted).number(),
+            8
+        );
         assert_eq!(ErrorCode::from(TrainErrorKind::Internal).name(), "INTERNAL");
     }
 }

@@ -15,13 +15,20 @@ pub struct TrainRoots {
 impl TrainRoots {
     /// Canonicalizes `roots`, which must exist and be directories.
     pub fn new(roots: &[PathBuf]) -> anyhow::Result<Self> {
-        anyhow::ensure!(!roots.is_empty(), "training needs at least one --train-roots directory");
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "training needs at least one --train-roots directory"
+        );
         let mut canonical = Vec::new();
         for root in roots {
             let c = root.canonicalize().map_err(|e| {
                 anyhow::anyhow!("train root {} cannot be used: {e}", root.display())
             })?;
-            anyhow::ensure!(c.is_dir(), "train root {} is not a directory", root.display());
+            anyhow::ensure!(
+                c.is_dir(),
+                "train root {} is not a directory",
+                root.display()
+            );
             canonical.push(c);
         }
         Ok(Self { roots: canonical })
@@ -66,7 +73,9 @@ impl TrainRoots {
             // `file_name` is empty for a trailing `..`; any `..` here would step out of what
             // canonicalization checked.
             if part.as_os_str().is_empty()
-                || part.components().any(|c| !matches!(c, Component::Normal(_)))
+                || part
+                    .components()
+                    .any(|c| !matches!(c, Component::Normal(_)))
             {
                 return Err(bad(format!(
                     "{} climbs out of a directory that does not exist",
@@ -129,7 +138,9 @@ mod tests {
         let r = roots.resolve("f", Path::new("data/a.jsonl")).unwrap();
         assert_eq!(r, roots.roots()[0].join("data/a.jsonl"));
         // Inside after normalisation is fine.
-        let r = roots.resolve("f", Path::new("data/../data/a.jsonl")).unwrap();
+        let r = roots
+            .resolve("f", Path::new("data/../data/a.jsonl"))
+            .unwrap();
         assert_eq!(r, roots.roots()[0].join("data/a.jsonl"));
         // Not existing yet: checked through its ancestor.
         let r = roots.resolve("o", Path::new("runs/new/deep")).unwrap();
@@ -139,7 +150,9 @@ mod tests {
     #[test]
     fn escapes_are_refused_with_the_field_named() {
         let (dir, roots) = setup();
-        let e = roots.resolve("sft.train_files[1]", Path::new("../outside/secret")).unwrap_err();
+        let e = roots
+            .resolve("sft.train_files[1]", Path::new("../outside/secret"))
+            .unwrap_err();
         assert_eq!(e.field, "sft.train_files[1]");
         assert!(e.message.contains("outside the train roots"), "{e}");
         let e = roots.resolve("f", Path::new("/etc/passwd")).unwrap_err();

@@ -12,7 +12,9 @@ use super::executor::{
     CheckpointReport, JobContext, RunOutcome, StepReport, TrainError, TrainExecutor,
 };
 use super::job::JobState;
-use super::record::{ErrorCode, EventKind, JobFailure, JobOutput, JobProgress, JobRecord, LogLevel};
+use super::record::{
+    ErrorCode, EventKind, JobFailure, JobOutput, JobProgress, JobRecord, LogLevel,
+};
 use super::store::{CancelOutcome, JobStore, StateChange, StoreError};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -80,7 +82,11 @@ impl JobRunner {
 
     /// Cancels a job in the store and, if it is the one on the device, raises its flag.
     pub fn cancel(&self, job_id: &str) -> Result<CancelOutcome, StoreError> {
-        let current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let outcome = self.shared.store.cancel(job_id)?;
         if let CancelOutcome::Changed(_, event) = &outcome {
             if let Some((id, flag)) = current.as_ref() {
@@ -95,7 +101,11 @@ impl JobRunner {
 
     /// The id of the job on the device, if any.
     pub fn current_job(&self) -> Option<String> {
-        let current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         current.as_ref().map(|(id, _)| id.clone())
     }
 
@@ -179,11 +189,7 @@ impl Shared {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn finish(
-        &self,
-        job_id: &str,
-        outcome: std::thread::Result<Result<RunOutcome, TrainError>>,
-    ) {
+    fn finish(&self, job_id: &str, outcome: std::thread::Result<Result<RunOutcome, TrainError>>) {
         let fail = |code: ErrorCode, message: String| {
             (
                 JobState::Failed,
