@@ -3,6 +3,7 @@
 //! The fake trainer's behaviour is chosen by the job's `base_model`: `steps:N` (N steps, a
 //! checkpoint every 2), `gate` (one step, then waits for the test to open its gate while honouring
 //! cancellation), `fail`, `bad-data` (fails before RUNNING) and `panic`.
+#![allow(dead_code)]
 
 use rmr1::api::proto::training_service_client::TrainingServiceClient;
 use rmr1::api::proto::{
