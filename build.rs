@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/rmr1/v1/judge.proto", "proto/rmr1/v1/models.proto"];
+    let protos = [
+        "proto/rmr1/v1/judge.proto",
+        "proto/rmr1/v1/models.proto",
+        "proto/rmr1/v1/training.proto",
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("rmr1_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;

@@ -36,6 +36,8 @@ enum Command {
     /// Checks of the CUDA build that need a GPU: kernels against CPU references, model outputs
     /// for comparison with transformers (scripts/gpu-check.sh runs the whole check).
     GpuCheck(cli::gpu_check::GpuCheckArgs),
+    /// Submit, follow and manage training jobs on a server started with --data-dir/--train-roots.
+    Train(cli::train::TrainArgs),
     /// Benchmarks that print tables.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -81,6 +83,7 @@ fn main() -> Result<()> {
         Command::GpuCheck(args) => cli::gpu_check::run(args),
         Command::Export(args) => cli::export::run(args),
         Command::Debug(command) => cli::debug::run(command),
+        Command::Train(args) => cli::train::run(args),
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),

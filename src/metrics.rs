@@ -31,6 +31,12 @@ pub const JUDGE_PARSE_FAILURES: &str = "rmr1_judge_parse_failures_total";
 pub const JUDGE_PROB_A: &str = "rmr1_judge_prob_a";
 pub const JUDGE_LATENCY: &str = "rmr1_judge_latency_seconds";
 pub const RPC_REQUESTS: &str = "rmr1_rpc_requests_total";
+pub const TRAIN_JOBS: &str = "rmr1_train_jobs";
+pub const TRAIN_JOBS_CREATED: &str = "rmr1_train_jobs_created_total";
+pub const TRAIN_JOBS_FINISHED: &str = "rmr1_train_jobs_finished_total";
+pub const TRAIN_STEP: &str = "rmr1_train_step";
+pub const TRAIN_LOSS: &str = "rmr1_train_loss";
+pub const TRAIN_TOKENS_PER_SECOND: &str = "rmr1_train_tokens_per_second";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -136,4 +142,17 @@ fn describe_all() {
     );
     describe_histogram!(JUDGE_LATENCY, Unit::Seconds, "Judge RPC latency by rpc.");
     describe_counter!(RPC_REQUESTS, Unit::Count, "RPCs by rpc and status code.");
+    describe_gauge!(TRAIN_JOBS, "Training jobs by state.");
+    describe_counter!(TRAIN_JOBS_CREATED, Unit::Count, "Training jobs created.");
+    describe_counter!(
+        TRAIN_JOBS_FINISHED,
+        Unit::Count,
+        "Training jobs finished, by outcome (succeeded, failed, cancelled)."
+    );
+    describe_gauge!(TRAIN_STEP, "Optimizer step of the running training job.");
+    describe_gauge!(TRAIN_LOSS, "Latest training loss of the running job.");
+    describe_gauge!(
+        TRAIN_TOKENS_PER_SECOND,
+        "Training throughput of the running job (tokens/s)."
+    );
 }

@@ -1,5 +1,5 @@
 //! gRPC services only: request validation, status codes, streaming. No tensors; judgments come
-//! from `crate::judge`.
+//! from `crate::judge`, training jobs from `crate::train::jobs`.
 
 pub mod convert;
 pub mod judge_service;
@@ -8,5 +8,8 @@ pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod status;
+pub mod training_convert;
+pub mod training_service;
 
+pub use crate::train::TrainingConfig;
 pub use server::GrpcServer;

@@ -1,16 +1,21 @@
-//! The gRPC server: judge and model services, standard health, and reflection on one port.
+//! The gRPC server: judge and model services, training jobs when configured, standard health,
+//! and reflection on one port.
 //!
 //! The server listens before any model is loaded so orchestrators can probe it: health says
-//! NOT_SERVING until [`GrpcServer::add_model`] has loaded and warmed a model up.
+//! NOT_SERVING until [`GrpcServer::add_model`] has loaded and warmed a model up. The training
+//! service needs no judge model and reports SERVING as soon as its job store is open.
 
 use super::judge_service::JudgeApi;
 use super::model_service::ModelApi;
 use super::proto::judge_service_server::JudgeServiceServer;
 use super::proto::model_service_server::ModelServiceServer;
+use super::proto::training_service_server::TrainingServiceServer;
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::registry::ModelRegistry;
+use super::training_service::TrainingApi;
 use crate::judge::judge_model::JudgeModel;
 use crate::serving_args::ModelArgs;
+use crate::train::{TrainJobs, TrainingConfig};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +33,7 @@ pub struct GrpcServer {
     local_addr: SocketAddr,
     registry: Arc<ModelRegistry>,
     health: HealthReporter,
+    training: Option<Arc<TrainJobs>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -35,6 +41,21 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving, NOT_SERVING until a model is added.
     pub async fn start(addr: SocketAddr) -> Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// [`Self::start`], plus the training service when `training` is given: its job store is
+    /// opened (jobs a previous process left running are queued again) and its runner started
+    /// before the port is bound.
+    pub async fn start_with(addr: SocketAddr, training: Option<TrainingConfig>) -> Result<Self> {
+        let training = match training {
+            Some(config) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || TrainJobs::open(config))
+                    .await?
+                    .context("starting training jobs")?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the gRPC listener on {addr}"))?;
@@ -68,13 +89,22 @@ impl GrpcServer {
         let models = ModelServiceServer::new(ModelApi {
             registry: registry.clone(),
         });
+        let training_service = training
+            .as_ref()
+            .map(|jobs| TrainingServiceServer::new(TrainingApi { jobs: jobs.clone() }));
+        if training_service.is_some() {
+            health
+                .set_serving::<TrainingServiceServer<TrainingApi>>()
+                .await;
+        }
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(judge)
-            .add_service(models);
+            .add_service(models)
+            .add_optional_service(training_service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             async {
@@ -86,6 +116,7 @@ impl GrpcServer {
             local_addr,
             registry,
             health,
+            training,
             shutdown: Some(shutdown_tx),
             task,
         })
@@ -97,6 +128,11 @@ impl GrpcServer {
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
         &self.registry
+    }
+
+    /// The training jobs, when the server was started with a [`TrainingConfig`].
+    pub fn training(&self) -> Option<&Arc<TrainJobs>> {
+        self.training.as_ref()
     }
 
     /// Loads the model `args` name (off the async threads: reading weights blocks), then
@@ -127,10 +163,15 @@ impl GrpcServer {
         Ok(model)
     }
 
-    /// Stops accepting calls, lets running ones finish, and returns when the server has stopped.
+    /// Stops accepting calls, lets running ones finish, stops the training runner (a running job
+    /// stays RUNNING and resumes on the next start), and returns when all have stopped.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // Training first: it ends open watches, which the graceful shutdown would wait for.
+        if let Some(jobs) = self.training.take() {
+            tokio::task::spawn_blocking(move || jobs.shutdown()).await?;
         }
         (&mut self.task).await?.context("gRPC server failed")
     }

@@ -2,6 +2,7 @@
 
 use crate::engine::SubmitError;
 use crate::judge::pipeline::JudgeError;
+use crate::train::JobsError;
 use tonic::{Code, Status};
 
 pub fn from_judge_error(error: &JudgeError) -> Status {
@@ -35,4 +36,16 @@ fn submit_code(error: &SubmitError) -> Code {
         SubmitError::UnknownToken(..) => Code::Internal,
         SubmitError::EngineStopped => Code::Unavailable,
     }
+}
+
+pub fn from_jobs_error(error: &JobsError) -> Status {
+    let code = match error {
+        JobsError::InvalidArgument(_) => Code::InvalidArgument,
+        JobsError::NotFound(_) => Code::NotFound,
+        JobsError::AlreadyExists(_) => Code::AlreadyExists,
+        JobsError::FailedPrecondition(_) => Code::FailedPrecondition,
+        JobsError::Unavailable(_) => Code::Unavailable,
+        JobsError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
 }

@@ -7,3 +7,4 @@ pub mod generate;
 pub mod gpu_check;
 pub mod judge;
 pub mod serve;
+pub mod train;

@@ -1,9 +1,11 @@
-//! `rmr1 serve`: listen first (health NOT_SERVING), load and warm the model, then SERVING.
+//! `rmr1 serve`: listen first (health NOT_SERVING), load and warm the model, then SERVING. With
+//! `--data-dir` and `--train-roots`, training jobs are served beside the judge.
 
 use anyhow::{Context, Result};
-use rmr1::api::GrpcServer;
+use rmr1::api::{GrpcServer, TrainingConfig};
 use rmr1::serving_args::ModelArgs;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -15,6 +17,13 @@ pub struct ServeArgs {
     /// Prometheus `/metrics` address; "off" disables it.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_listen: String,
+    /// Enables training jobs (rmr1.v1.TrainingService): the job database lives here.
+    #[arg(long, requires = "train_roots")]
+    data_dir: Option<PathBuf>,
+    /// Directories training jobs may read data from and write outputs to (comma-separated);
+    /// relative paths in job specs resolve against the first.
+    #[arg(long, value_delimiter = ',', requires = "data_dir")]
+    train_roots: Vec<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -39,11 +48,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(addr) = metrics_addr {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
-    let server = GrpcServer::start(args.listen).await?;
+    let training = match args.data_dir {
+        Some(data_dir) => Some(TrainingConfig {
+            data_dir,
+            train_roots: args.train_roots,
+            // Jobs train on the device the judge serves from, one job at a time.
+            executor: rmr1::train::default_executor(args.model.device.open()?),
+        }),
+        None => None,
+    };
+    let with_training = training.is_some();
+    let server = GrpcServer::start_with(args.listen, training).await?;
     server.load_model(&args.model).await?;
     eprintln!(
-        "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService, health, reflection)",
-        server.local_addr()
+        "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService{}, health, \
+         reflection)",
+        server.local_addr(),
+        if with_training {
+            ", rmr1.v1.TrainingService"
+        } else {
+            ""
+        }
     );
     server.run_until(termination()).await
 }

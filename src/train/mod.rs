@@ -1,30 +1,41 @@
-//! Training, two floors. The job layer (`job`, `store`, `runner`, `events`) knows nothing of tensors;
-//! the trainer layer (`forward`, `ops`, `lora`, `optim`, `checkpoint`, `sft`, `export`) knows nothing
-//! of gRPC. They meet at [`executor`].
+//! Training, two floors. The job layer (`job`, `record`, `store`, `runner`, `events`, `jobs`,
+//! `roots`) knows nothing of tensors; the trainer layer (`forward`, `ops`, `params`, `optim`,
+//! `grad_step`, `checkpoint`, `session`, `sft`, `sft_data`, `export`) knows nothing of gRPC. They
+//! meet at [`executor`]; [`trainer::Trainer`] is the executor the server runs.
 //!
 //! The output formats that serving reads too (PEFT adapter, safetensors with metadata, dense base
 //! weights) live in `model` and are re-exported here; `export` writes full Hugging Face checkpoints.
 
 pub mod base_weights;
 pub mod checkpoint;
+pub mod default_executor;
+pub mod events;
 pub mod executor;
 pub mod export;
 pub mod forward;
 pub mod grad_step;
+pub mod job;
+pub mod jobs;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod record;
 pub mod rng;
+pub mod roots;
+pub mod runner;
 pub mod session;
 pub mod sft;
 pub mod sft_data;
 pub mod spec;
+pub mod store;
 pub mod trainer;
 
 pub use crate::model::adapter::LoraAdapter;
+pub use default_executor::default_executor;
 pub use executor::{
     Artifact, CheckpointReport, JobContext, RunOutcome, StepReport, TrainError, TrainErrorKind,
     TrainExecutor, TrainResult,
 };
 pub use export::{export_merged, write_hf_checkpoint, TokenizerFiles};
+pub use jobs::{JobsError, TrainJobs, TrainingConfig};
 pub use spec::{LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, TaskSpec, TrainSpec};
