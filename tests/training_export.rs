@@ -577,7 +577,7 @@ fn gguf_base_exports_a_checkpoint_that_predicts_like_the_gguf() {
     assert_eq!(from_gguf.tokenizer.eos_ids(), from_hf.tokenizer.eos_ids());
 
     let last = |m: &model::LoadedModel| -> Vec<f32> {
-        let (l, _) = prompt_logits(&m.model, &[toks.clone()], 1).unwrap();
+        let (l, _) = prompt_logits(&m.model, std::slice::from_ref(&toks), 1).unwrap();
         l.squeeze(0).unwrap().to_vec1().unwrap()
     };
     let (q, d) = (last(&from_gguf), last(&from_hf));

@@ -10,6 +10,14 @@ pub enum DebugCommand {
     /// Writes the logits at every position of a token sequence, from the engine's forward, as
     /// JSON `{"tokens": [...], "logits": [[...], ...]}` (scripts/verify_peft.py compares them).
     Logits(LogitsArgs),
+    /// Reads a PEFT adapter and writes it back with rmr1's writer (checks PEFT loads what rmr1
+    /// writes).
+    ResaveAdapter {
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -31,6 +39,10 @@ pub struct LogitsArgs {
 pub fn run(command: DebugCommand) -> Result<()> {
     match command {
         DebugCommand::Logits(args) => logits(args),
+        DebugCommand::ResaveAdapter { adapter, out } => {
+            rmr1::model::LoraAdapter::load_peft(&adapter, &candle_core::Device::Cpu)?
+                .save_peft(&out)
+        }
     }
 }
 
@@ -43,7 +55,11 @@ fn logits(args: LogitsArgs) -> Result<()> {
             ..LoadOptions::default()
         },
     )?;
-    let (logits, _) = prompt_logits(&loaded.model, &[args.tokens.clone()], args.tokens.len())?;
+    let (logits, _) = prompt_logits(
+        &loaded.model,
+        std::slice::from_ref(&args.tokens),
+        args.tokens.len(),
+    )?;
     let logits: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
     let json = serde_json::json!({ "tokens": args.tokens, "logits": logits });
     std::fs::write(&args.out, json.to_string())

@@ -124,10 +124,7 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 
 /// Splits names (in order) into shards of at most `max_shard_bytes` each; a tensor larger than
 /// that gets a shard of its own, as transformers does.
-fn plan_shards<'a>(
-    tensors: &'a BTreeMap<String, Tensor>,
-    max_shard_bytes: u64,
-) -> Vec<Vec<&'a str>> {
+fn plan_shards(tensors: &BTreeMap<String, Tensor>, max_shard_bytes: u64) -> Vec<Vec<&str>> {
     let mut shards: Vec<Vec<&str>> = Vec::new();
     let mut current_bytes = 0u64;
     for (name, t) in tensors {
