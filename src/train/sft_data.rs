@@ -326,7 +326,9 @@ impl SplitMix64 {
 /// hashed into the start state, rather than added, so epochs are not shifted copies of one
 /// SplitMix stream.
 pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<usize> {
-    let mut rng = SplitMix64(mix64(seed ^ mix64(u64::from(epoch).wrapping_add(GOLDEN_GAMMA))));
+    let mut rng = SplitMix64(mix64(
+        seed ^ mix64(u64::from(epoch).wrapping_add(GOLDEN_GAMMA)),
+    ));
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         order.swap(i, rng.below(i + 1));
@@ -372,13 +374,19 @@ mod tests {
         ]});
         assert_eq!(
             context_messages(&ok).unwrap(),
-            vec![ChatMessage::new("system", "s"), ChatMessage::new("user", "u")]
+            vec![
+                ChatMessage::new("system", "s"),
+                ChatMessage::new("user", "u")
+            ]
         );
         let cases = [
             (json!({}), "`context_messages` is missing"),
             (json!({"context_messages": "x"}), "not a list: a string"),
             (json!({"context_messages": []}), "is empty"),
-            (json!({"context_messages": [3]}), "`context_messages[0]` is not an object"),
+            (
+                json!({"context_messages": [3]}),
+                "`context_messages[0]` is not an object",
+            ),
             (
                 json!({"context_messages": [{"role": "tool", "content": "x"}]}),
                 "role` is \"tool\"",
@@ -405,7 +413,11 @@ mod tests {
 
     fn tokenizer_with(template: &str, eos: &[u32]) -> ModelTokenizer {
         let template = ChatTemplate::new(template, "", "t1").unwrap();
-        ModelTokenizer::new(numbered_vocabulary(8).unwrap(), eos.to_vec(), Some(template))
+        ModelTokenizer::new(
+            numbered_vocabulary(8).unwrap(),
+            eos.to_vec(),
+            Some(template),
+        )
     }
 
     const CHATML_LIKE: &str = "{% for m in messages %}<s>{{ m.role }}\n{{ m.content }}t1\n{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}";
