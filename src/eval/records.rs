@@ -58,7 +58,7 @@ pub fn read_records(file: &DataFile) -> Result<Vec<Result<serde_json::Value, Str
 /// Like [`read_records`], each record with where it is, 1-based: its line in a JSON Lines file
 /// (blank lines are skipped but counted, so the number is what an editor shows), else its
 /// position in the JSON array or parquet file. A JSON Lines line that is not UTF-8 is a bad
-/// record, not a bad file.
+/// record, not a bad file; a parquet row that cannot be decoded is a bad file (see below).
 pub fn read_numbered_records(file: &DataFile) -> Result<Vec<NumberedRecord>> {
     let path = &file.path;
     if has_extension(path, &["parquet"]) {
@@ -77,19 +77,17 @@ pub fn read_numbered_records(file: &DataFile) -> Result<Vec<NumberedRecord>> {
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     match value {
-        serde_json::Value::Array(items) => Ok(numbered(items.into_iter().map(Ok))),
+        serde_json::Value::Array(items) => Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| (index + 1, Ok(item)))
+            .collect()),
         _ => bail!("{} is not a JSON array of records", path.display()),
     }
 }
 
 /// A record and its 1-based line (JSON Lines) or position (JSON array, parquet).
 pub type NumberedRecord = (usize, Result<serde_json::Value, String>);
-
-fn numbered(
-    records: impl Iterator<Item = Result<serde_json::Value, String>>,
-) -> Vec<NumberedRecord> {
-    records.enumerate().map(|(i, r)| (i + 1, r)).collect()
-}
 
 fn parse_line(line: &[u8]) -> Result<serde_json::Value, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
@@ -116,10 +114,22 @@ fn read_parquet_rows(path: &Path) -> Result<Vec<NumberedRecord>> {
     let rows = reader
         .get_row_iter(None)
         .with_context(|| format!("reading rows of {}", path.display()))?;
-    Ok(numbered(rows.map(|row| {
-        row.map(|r| r.to_json_value())
-            .map_err(|e| format!("unreadable parquet row: {}", clip(&e.to_string())))
-    })))
+    // Rows are assembled from column readers that advance together, so after one row fails to
+    // decode the rest of the file cannot be trusted (and the crate's iterator may repeat the
+    // error forever): the first failure ends the file, as an error of the file.
+    let mut records = Vec::new();
+    for row in rows {
+        let number = records.len() + 1;
+        match row {
+            Ok(row) => records.push((number, Ok(row.to_json_value()))),
+            Err(e) => bail!(
+                "{} row {number}: unreadable parquet row: {}",
+                path.display(),
+                clip(&e.to_string())
+            ),
+        }
+    }
+    Ok(records)
 }
 
 /// The parquet crate quotes every byte of a value it cannot decode; a message stays readable.
