@@ -66,7 +66,13 @@ fn serve(root: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rmr1"))
         .args(["serve", "--model"])
         .arg(root.join("base"))
-        .args(["--family", "instruct", "--metrics-listen", "off", "--listen"])
+        .args([
+            "--family",
+            "instruct",
+            "--metrics-listen",
+            "off",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(root.join("data"))
@@ -132,7 +138,10 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
             }
         }
     }
-    assert!(checkpointed >= 20, "the job ended before it could be killed");
+    assert!(
+        checkpointed >= 20,
+        "the job ended before it could be killed"
+    );
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
     drop(client);
@@ -142,7 +151,8 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
     let deadline = Instant::now() + Duration::from_secs(300);
     let job = loop {
         let job = get(&mut client, "kill-me").await;
-        if job.state == TrainJobState::Succeeded as i32 || job.state == TrainJobState::Failed as i32 {
+        if job.state == TrainJobState::Succeeded as i32 || job.state == TrainJobState::Failed as i32
+        {
             break job;
         }
         assert!(Instant::now() < deadline, "job did not finish: {job:?}");
@@ -150,7 +160,12 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
     };
     server.kill().unwrap();
     server.wait().unwrap();
-    assert_eq!(job.state, TrainJobState::Succeeded as i32, "{:?}", job.error);
+    assert_eq!(
+        job.state,
+        TrainJobState::Succeeded as i32,
+        "{:?}",
+        job.error
+    );
     assert_eq!(job.restart_count, 1);
     let progress = job.progress.unwrap();
     assert_eq!(progress.step, STEPS);
@@ -171,7 +186,9 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
         "final loss after kill and resume {served_loss} vs uninterrupted {loss}"
     );
     let load = |dir: &Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, "kill-me").unwrap().unwrap();
+        let c = rmr1::train::checkpoint::latest_for_job(dir, "kill-me")
+            .unwrap()
+            .unwrap();
         assert_eq!(c.state.step, STEPS);
         rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu)
             .unwrap()

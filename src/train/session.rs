@@ -76,14 +76,7 @@ impl TrainSession {
             None => TrainParams::full(&base.tensors, device)?,
         };
         let model = TrainableQwen2::new(base.config.clone(), params, compute_dtype, max_positions)?;
-        let o = &spec.optimizer;
-        let optimizer = AdamW::new(AdamWConfig {
-            lr: o.lr,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        });
+        let optimizer = AdamW::new(AdamWConfig::from(&spec.optimizer));
         let state = TrainerState {
             format_version: 1,
             job_id: job_id.to_string(),
@@ -123,7 +116,7 @@ impl TrainSession {
         }
         let (trainable, optimizer) = checkpoint::load_tensors(&ckpt, self.model.device())?;
         self.model.params.load_trainable(&trainable)?;
-        let config = self.optimizer.config().clone();
+        let config = *self.optimizer.config();
         self.optimizer = AdamW::from_state(
             config,
             optimizer.into_iter().collect(),
@@ -218,7 +211,7 @@ impl TrainSession {
     /// Whether a checkpoint is due after the current step.
     pub fn checkpoint_due(&self) -> bool {
         let every = self.spec.run.checkpoint_every_steps;
-        every > 0 && self.state.step % every == 0
+        every > 0 && self.state.step.is_multiple_of(every)
     }
 
     /// The outputs other tools load: a PEFT adapter and its merged export (LoRA), or a full HF

@@ -151,7 +151,7 @@ pub fn run(
             session.checkpoint(ctx)?;
         }
         let every = sft.eval_every_steps;
-        if !eval.is_empty() && (last || (every > 0 && session.state.step % every == 0)) {
+        if !eval.is_empty() && (last || (every > 0 && session.state.step.is_multiple_of(every))) {
             let eval_loss = mean_loss(&session, &eval)?;
             ctx.eval(
                 session.state.step,
