@@ -2,8 +2,8 @@
 //! (dequantized) and full fine-tuning on a small random one — with the engine's dense prefill of the
 //! same sequence on the same weights, measured in the same run, as the reference. Prints a table.
 
-use crate::model::attention::cpu::CpuPagedAttention;
-use crate::model::{AttentionBatch, CacheShape, ForwardBatch, Qwen2, Qwen2Config, SequenceSpan};
+use crate::gpu_check::model::prompt_logits;
+use crate::model::{Qwen2, Qwen2Config};
 use crate::train::base_weights::BaseWeights;
 use crate::train::forward::TrainableQwen2;
 use crate::train::grad_step::{accumulate_sequence, LossRows, NegLogLikelihood};
@@ -79,37 +79,11 @@ fn engine_prefill_tokens_per_s(
         config,
         VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
     )?;
-    let n = tokens.len();
-    let block_size = 16;
-    let blocks = n.div_ceil(block_size) + 1;
-    let mut attention = CpuPagedAttention::new(
-        CacheShape {
-            num_layers: config.num_hidden_layers,
-            num_blocks: blocks,
-            block_size,
-            num_kv_heads: config.num_key_value_heads,
-            head_dim: config.head_dim(),
-        },
-        config.num_attention_heads,
-    );
-    let batch = ForwardBatch {
-        tokens: tokens.to_vec(),
-        positions: (0..n as u32).collect(),
-        attention: AttentionBatch {
-            slot_mapping: (0..n as u32).collect(),
-            sequences: vec![SequenceSpan {
-                query_start: 0,
-                query_len: n,
-                context_len: n,
-                block_table: (0..blocks as u32).collect(),
-            }],
-        },
-        logit_rows: vec![n as u32 - 1],
-    };
-    model.forward(&batch, &mut attention)?; // warm-up
+    let prompts = [tokens.to_vec()];
+    prompt_logits(&model, &prompts, 1)?; // warm-up
     let start = Instant::now();
-    model.forward(&batch, &mut attention)?;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    prompt_logits(&model, &prompts, 1)?;
+    Ok(tokens.len() as f64 / start.elapsed().as_secs_f64())
 }
 
 fn measure(

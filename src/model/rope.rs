@@ -14,8 +14,12 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(config: &Qwen2Config, device: &Device) -> Result<Self> {
+        Self::with_max_positions(config, config.max_position_embeddings, device)
+    }
+
+    /// Tables for positions `0..max` only (the trainer sizes them to its longest sequence).
+    pub fn with_max_positions(config: &Qwen2Config, max: usize, device: &Device) -> Result<Self> {
         let d = config.head_dim();
-        let max = config.max_position_embeddings;
         let inv_freq: Vec<f32> = (0..d)
             .step_by(2)
             .map(|i| 1.0 / config.rope_theta.powf(i as f64 / d as f64) as f32)
@@ -35,6 +39,10 @@ impl RopeTables {
             cos: Tensor::from_vec(cos, (max, d / 2), device)?,
             sin: Tensor::from_vec(sin, (max, d / 2), device)?,
         })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
     }
 
     /// Rows of the tables for each token's position: `([n, d/2], [n, d/2])`.

@@ -10,6 +10,7 @@
 
 use super::ops;
 use super::params::{Param, TrainParams};
+use crate::model::rope::RopeTables;
 use crate::model::Qwen2Config;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -25,33 +26,10 @@ pub struct DropoutKey {
 pub struct TrainableQwen2 {
     config: Qwen2Config,
     pub params: TrainParams,
-    /// RoPE tables `[max_positions, head_dim / 2]`, f32 as in the engine.
-    cos: Tensor,
-    sin: Tensor,
+    /// The engine's RoPE tables (f32), so both rotate by the same bits.
+    rope: RopeTables,
     /// Dtype of activations and of the weights as used (masters stay f32).
     compute_dtype: DType,
-}
-
-fn rope_tables(config: &Qwen2Config, max: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-    let d = config.head_dim();
-    let inv_freq: Vec<f32> = (0..d)
-        .step_by(2)
-        .map(|i| 1.0 / config.rope_theta.powf(i as f64 / d as f64) as f32)
-        .collect();
-    let mut cos = Vec::with_capacity(max * d / 2);
-    let mut sin = Vec::with_capacity(max * d / 2);
-    for p in 0..max {
-        for f in &inv_freq {
-            // Same formation as the engine's tables (f32 product), so both agree to the last bit.
-            let angle = p as f32 * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (max, d / 2), device)?,
-        Tensor::from_vec(sin, (max, d / 2), device)?,
-    ))
 }
 
 /// `log softmax(logits)[target]` per row, f32: `[n, V]`, `[n]` → `[n]`.
@@ -67,12 +45,11 @@ impl TrainableQwen2 {
         max_positions: usize,
     ) -> Result<Self> {
         let max = max_positions.min(config.max_position_embeddings).max(1);
-        let (cos, sin) = rope_tables(&config, max, params.device())?;
+        let rope = RopeTables::with_max_positions(&config, max, params.device())?;
         Ok(Self {
             config,
             params,
-            cos,
-            sin,
+            rope,
             compute_dtype,
         })
     }
@@ -82,7 +59,7 @@ impl TrainableQwen2 {
     }
 
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.rope.max_positions()
     }
 
     pub fn device(&self) -> &Device {
@@ -156,7 +133,8 @@ impl TrainableQwen2 {
                 self.max_positions()
             );
         }
-        Ok((self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?))
+        self.rope
+            .gather(&Tensor::arange(0u32, t as u32, self.device())?)
     }
 
     /// Decoder layer `idx` on `x` `[T, hidden]` at positions `0..T`.

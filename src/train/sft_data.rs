@@ -13,6 +13,7 @@
 //! produces, so it is the one trained on.
 
 use super::executor::{TrainError, TrainErrorKind};
+use super::rng::{mix64, SplitMix64, GOLDEN_GAMMA};
 use super::spec::SftSpec;
 use crate::eval::records::{has_extension, read_numbered_records, DataFile};
 use crate::eval::task::required_str;
@@ -297,36 +298,14 @@ pub fn load_sft_dataset(
     Ok(examples)
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): spelled out so an epoch's order depends on nothing
-/// but this code — a resumed run must see the same order on any platform or `rand` version.
-struct SplitMix64(u64);
-
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
-        mix64(self.0)
-    }
-
-    /// Uniform in `0..bound` by multiply-shift (bias below 2^-32 for any realistic dataset).
-    fn below(&mut self, bound: usize) -> usize {
-        ((self.next() as u128 * bound as u128) >> 64) as usize
-    }
-}
-
 /// The order in which epoch `epoch` visits `n` examples: a Fisher–Yates shuffle seeded by
 /// `(seed, epoch)`. The trainer's data cursor is (epoch, position in this order). The epoch is
 /// hashed into the start state, rather than added, so epochs are not shifted copies of one
 /// SplitMix stream.
 pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<usize> {
-    let mut rng = SplitMix64(mix64(
+    // Spelled out in `train::rng` so the order depends on nothing but this code: a resumed run
+    // sees the same order on any platform or `rand` version.
+    let mut rng = SplitMix64::new(mix64(
         seed ^ mix64(u64::from(epoch).wrapping_add(GOLDEN_GAMMA)),
     ));
     let mut order: Vec<usize> = (0..n).collect();

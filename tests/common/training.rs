@@ -2,8 +2,7 @@
 //! the tiny test checkpoints.
 
 use candle_core::{DType, Device};
-use rmr1::model::attention::cpu::CpuPagedAttention;
-use rmr1::model::{AttentionBatch, CacheShape, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
+use rmr1::model::Qwen2;
 use rmr1::train::base_weights::BaseWeights;
 use rmr1::train::forward::TrainableQwen2;
 use rmr1::train::params::TrainParams;
@@ -11,34 +10,9 @@ use rmr1::train::LoraSpec;
 
 /// The engine's logits of every position of `tokens`, one sequence in a fresh paged cache.
 pub fn engine_logits(model: &Qwen2, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let cfg = model.config();
-    let block_size = 16;
-    let num_blocks = tokens.len().div_ceil(block_size) + 1;
-    let shape = CacheShape {
-        num_layers: cfg.num_hidden_layers,
-        num_blocks,
-        block_size,
-        num_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim(),
-    };
-    let mut attention = CpuPagedAttention::new(shape, cfg.num_attention_heads);
-    let n = tokens.len();
-    let batch = ForwardBatch {
-        tokens: tokens.to_vec(),
-        positions: (0..n as u32).collect(),
-        attention: AttentionBatch {
-            slot_mapping: (0..n as u32).collect(),
-            sequences: vec![SequenceSpan {
-                query_start: 0,
-                query_len: n,
-                context_len: n,
-                block_table: (0..num_blocks as u32).collect(),
-            }],
-        },
-        logit_rows: (0..n as u32).collect(),
-    };
-    let attention: &mut dyn PagedAttention = &mut attention;
-    model.forward(&batch, attention).unwrap().to_vec2().unwrap()
+    let (logits, _) =
+        rmr1::gpu_check::model::prompt_logits(model, &[tokens.to_vec()], tokens.len()).unwrap();
+    logits.to_vec2().unwrap()
 }
 
 pub fn base(dir: &std::path::Path) -> BaseWeights {
