@@ -4,6 +4,7 @@
 use super::forward::DropoutKey;
 use super::rng::SplitMix64;
 use super::spec::LoraSpec;
+use crate::model::adapter::module_path;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::BTreeMap;
 
@@ -68,23 +69,18 @@ pub struct TrainParams {
     device: Device,
 }
 
-/// The module prefix of every projection LoRA can adapt, for `layers` layers and the PEFT module
-/// names in `targets`.
-pub fn lora_module_paths(layers: usize, targets: &[String]) -> Vec<String> {
+/// The module prefix of every projection LoRA adapts, for `layers` layers and the PEFT module
+/// names in `targets`, in a fixed order (layer, then q, k, v, o, gate, up, down).
+pub fn lora_module_paths(layers: usize, targets: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for layer in 0..layers {
         for m in super::spec::LORA_MODULES {
             if targets.iter().any(|t| t == m) {
-                let block = if ["gate_proj", "up_proj", "down_proj"].contains(&m) {
-                    "mlp"
-                } else {
-                    "self_attn"
-                };
-                out.push(format!("model.layers.{layer}.{block}.{m}"));
+                out.push(module_path(layer, m).map_err(candle_core::Error::wrap)?);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 impl TrainParams {
@@ -113,7 +109,7 @@ impl TrainParams {
         device: &Device,
     ) -> Result<Self> {
         let mut lora = BTreeMap::new();
-        for (i, module) in lora_module_paths(layers, targets).into_iter().enumerate() {
+        for (i, module) in lora_module_paths(layers, targets)?.into_iter().enumerate() {
             let w = base.get(&format!("{module}.weight")).ok_or_else(|| {
                 candle_core::Error::Msg(format!("base model lacks {module}.weight"))
             })?;
