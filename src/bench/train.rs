@@ -3,8 +3,8 @@
 //! same sequence on the same weights, measured in the same run, as the reference. Prints a table.
 
 use crate::gpu_check::model::prompt_logits;
+use crate::model::base_weights::BaseWeights;
 use crate::model::{Qwen2, Qwen2Config};
-use crate::train::base_weights::BaseWeights;
 use crate::train::forward::TrainableQwen2;
 use crate::train::grad_step::{accumulate_sequence, LossRows, NegLogLikelihood};
 use crate::train::optim::GradAccumulator;

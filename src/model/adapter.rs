@@ -27,6 +27,17 @@ const MODULES: [(&str, &str); 7] = [
     ("down_proj", "mlp"),
 ];
 
+/// The seven projections LoRA may adapt, in PEFT's module names (the order adapters are listed in).
+pub const LORA_MODULES: [&str; 7] = [
+    MODULES[0].0,
+    MODULES[1].0,
+    MODULES[2].0,
+    MODULES[3].0,
+    MODULES[4].0,
+    MODULES[5].0,
+    MODULES[6].0,
+];
+
 /// PEFT prefixes every key of a causal-LM adapter with this (its `PeftModel` wraps the HF model).
 const PEFT_PREFIX: &str = "base_model.model.";
 

@@ -3,7 +3,7 @@
 //! GGUF), with GGUF's llama.cpp names mapped to HF ones and its blocks dequantized.
 //!
 //! It lives in `model` (not `train`) because serving a LoRA adapter merged at load needs the same
-//! dense weights; `train::base_weights` re-exports it.
+//! dense weights.
 
 use super::loader::{
     gguf_tokenizer, hf_dir_config, hf_dir_tokenizer, resolve_local, safetensors_files,

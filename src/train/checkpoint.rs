@@ -6,6 +6,7 @@
 //! last, and renamed into place: a directory named `step-*` is always complete, whatever killed the
 //! process, and the newest one wins on resume.
 
+use crate::model::safetensors_io::{fsync_dir, write_json_atomically, write_safetensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -117,39 +118,26 @@ pub fn save(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    let to_cpu = |m: &BTreeMap<String, Tensor>| -> Result<Vec<(String, Tensor)>> {
-        m.iter()
-            .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
-            .collect()
-    };
-    candle_core::safetensors::save(
-        &to_cpu(trainable)?
-            .into_iter()
-            .collect::<std::collections::HashMap<_, _>>(),
-        tmp.join(TRAINABLE_FILE),
+    // Each file is synced as it is written; the state file goes last, so a directory holding one
+    // holds everything.
+    write_safetensors(
+        &tmp.join(TRAINABLE_FILE),
+        trainable.iter().map(|(k, v)| (k.as_str(), v)),
     )?;
-    candle_core::safetensors::save(
-        &to_cpu(optimizer)?
-            .into_iter()
-            .collect::<std::collections::HashMap<_, _>>(),
-        tmp.join(OPTIMIZER_FILE),
+    write_safetensors(
+        &tmp.join(OPTIMIZER_FILE),
+        optimizer.iter().map(|(k, v)| (k.as_str(), v)),
     )?;
     let mut state = state.clone();
     state.format_version = FORMAT_VERSION;
-    write_synced(
-        &tmp.join(STATE_FILE),
-        serde_json::to_string_pretty(&state)?.as_bytes(),
-    )?;
-    for f in [TRAINABLE_FILE, OPTIMIZER_FILE] {
-        std::fs::File::open(tmp.join(f))?.sync_all()?;
-    }
+    write_json_atomically(&tmp.join(STATE_FILE), &state)?;
     if final_path.exists() {
         // The same step again (a resumed run that crashed before its next checkpoint): replace.
         std::fs::remove_dir_all(&final_path)?;
     }
     std::fs::rename(&tmp, &final_path)
         .with_context(|| format!("moving the checkpoint into {}", final_path.display()))?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    fsync_dir(&dir)?;
     if keep_last > 0 {
         let all = list(output_dir)?;
         let excess = all.len().saturating_sub(keep_last);
@@ -159,14 +147,6 @@ pub fn save(
         }
     }
     Ok(final_path)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// The tensors of a checkpoint: (trainable, optimizer state).

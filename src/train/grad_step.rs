@@ -52,6 +52,46 @@ pub struct SequencePass {
     pub tokens: usize,
 }
 
+/// The final hidden states `[T, hidden]` of `ids`, layer by layer with each output cut from the
+/// graph; with `inputs`, each layer's input is kept there for recomputation in backward.
+fn final_hidden(
+    model: &TrainableQwen2,
+    ids: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    key: Option<DropoutKey>,
+    mut inputs: Option<&mut Vec<Tensor>>,
+) -> Result<Tensor> {
+    let mut x = model.embed(ids)?.detach();
+    for idx in 0..model.config().num_hidden_layers {
+        if let Some(inputs) = inputs.as_mut() {
+            inputs.push(x.clone());
+        }
+        x = model.layer(idx, &x, cos, sin, key)?.detach();
+    }
+    Ok(x)
+}
+
+/// `(start, log-probs [n])` of each chunk of at most `head_chunk` loss rows, read from `hidden`.
+fn head_chunks<'a>(
+    model: &'a TrainableQwen2,
+    hidden: &'a Tensor,
+    rows: &'a LossRows,
+    head_chunk: usize,
+) -> impl Iterator<Item = Result<(usize, Tensor)>> + 'a {
+    let size = head_chunk.max(1);
+    rows.positions
+        .chunks(size)
+        .enumerate()
+        .map(move |(chunk_idx, positions)| {
+            let start = chunk_idx * size;
+            let n = positions.len();
+            let pos = Tensor::from_slice(positions, n, model.device())?;
+            let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
+            let logits = model.head(&hidden.index_select(&pos, 0)?)?;
+            Ok((start, target_log_probs(&logits, &targets)?))
+        })
+}
+
 /// Forward + backward of `tokens` under `loss`, adding parameter gradients into `sums` (one
 /// accumulated pass per backward: head chunks, layers, embedding).
 pub fn accumulate_sequence(
@@ -68,24 +108,14 @@ pub fn accumulate_sequence(
     let params = model.params.trainable();
     let ids = Tensor::from_slice(tokens, t, model.device())?;
     let (cos, sin) = model.rope_rows(t)?;
-
     let mut inputs = Vec::with_capacity(layers);
-    let mut x = model.embed(&ids)?.detach();
-    for idx in 0..layers {
-        inputs.push(x.clone());
-        x = model.layer(idx, &x, &cos, &sin, key)?.detach();
-    }
+    let x = final_hidden(model, &ids, (&cos, &sin), key, Some(&mut inputs))?;
 
     let hidden = Var::from_tensor(&x)?;
     let mut grad = hidden.zeros_like()?.detach();
     let mut total = 0.0;
-    for (chunk_idx, positions) in rows.positions.chunks(head_chunk.max(1)).enumerate() {
-        let start = chunk_idx * head_chunk.max(1);
-        let n = positions.len();
-        let pos = Tensor::from_slice(positions, n, model.device())?;
-        let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
-        let logits = model.head(&hidden.as_tensor().index_select(&pos, 0)?)?;
-        let log_probs = target_log_probs(&logits, &targets)?;
+    for chunk in head_chunks(model, hidden.as_tensor(), rows, head_chunk) {
+        let (start, log_probs) = chunk?;
         let chunk_loss = loss.chunk_loss(start, &log_probs)?;
         total += chunk_loss
             .to_dtype(candle_core::DType::F64)?
@@ -126,25 +156,12 @@ pub fn sequence_log_probs(
     rows: &LossRows,
     head_chunk: usize,
 ) -> Result<Vec<f32>> {
-    let t = tokens.len();
-    let ids = Tensor::from_slice(tokens, t, model.device())?;
-    let (cos, sin) = model.rope_rows(t)?;
-    let mut x = model.embed(&ids)?.detach();
-    for idx in 0..model.config().num_hidden_layers {
-        x = model.layer(idx, &x, &cos, &sin, None)?.detach();
-    }
+    let ids = Tensor::from_slice(tokens, tokens.len(), model.device())?;
+    let (cos, sin) = model.rope_rows(tokens.len())?;
+    let x = final_hidden(model, &ids, (&cos, &sin), None, None)?;
     let mut out = Vec::with_capacity(rows.len());
-    for (chunk_idx, positions) in rows.positions.chunks(head_chunk.max(1)).enumerate() {
-        let start = chunk_idx * head_chunk.max(1);
-        let n = positions.len();
-        let pos = Tensor::from_slice(positions, n, model.device())?;
-        let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
-        let logits = model.head(&x.index_select(&pos, 0)?)?;
-        out.extend(
-            target_log_probs(&logits, &targets)?
-                .detach()
-                .to_vec1::<f32>()?,
-        );
+    for chunk in head_chunks(model, &x, rows, head_chunk) {
+        out.extend(chunk?.1.detach().to_vec1::<f32>()?);
     }
     Ok(out)
 }

@@ -6,7 +6,6 @@
 //! The output formats that serving reads too (PEFT adapter, safetensors with metadata, dense base
 //! weights) live in `model` and are re-exported here; `export` writes full Hugging Face checkpoints.
 
-pub mod base_weights;
 pub mod checkpoint;
 pub mod default_executor;
 pub mod events;
@@ -28,6 +27,7 @@ pub mod sft;
 pub mod sft_data;
 pub mod spec;
 pub mod store;
+mod store_rows;
 pub mod trainer;
 
 pub use crate::model::adapter::LoraAdapter;

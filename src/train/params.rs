@@ -2,7 +2,7 @@
 //! trainable `Var`s (full fine-tuning: every base weight as an f32 master copy), and LoRA modules.
 
 use super::forward::DropoutKey;
-use super::rng::SplitMix64;
+use super::rng::{mix64, SplitMix64};
 use super::spec::LoraSpec;
 use crate::model::adapter::module_path;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -41,11 +41,7 @@ impl LoraModule {
         }
         let n = x.elem_count();
         let keep = 1.0 - self.dropout;
-        let mut rng = SplitMix64::new(
-            key.seed
-                ^ key.sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
+        let mut rng = SplitMix64::new(mix64(key.seed ^ mix64(key.sequence ^ mix64(salt))));
         let mask: Vec<f32> = (0..n)
             .map(|_| {
                 if rng.next_f64() < keep {
@@ -218,9 +214,7 @@ impl TrainParams {
         }
         Ok(())
     }
-}
 
-impl TrainParams {
     /// The adapters as PEFT data (detached copies of the current values).
     pub fn to_adapter(
         &self,

@@ -2,7 +2,6 @@
 //! the optimizer and schedule, checkpoints and resume, progress reports and the final exports.
 //! SFT drives it now; GRPO will drive the same session with its own loss and rollouts.
 
-use super::base_weights::BaseWeights;
 use super::checkpoint::{self, TrainerState};
 use super::executor::{
     Artifact, CheckpointReport, JobContext, StepReport, TrainError, TrainErrorKind,
@@ -12,6 +11,7 @@ use super::optim::GradAccumulator;
 use super::optim::{clip_global_norm, lr_at, AdamW, AdamWConfig};
 use super::params::TrainParams;
 use super::spec::TrainSpec;
+use crate::model::base_weights::BaseWeights;
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -57,7 +57,7 @@ impl TrainSession {
         } else {
             DType::F32
         };
-        let base = BaseWeights::load(&spec.base_model, base_dtype, device).map_err(|e| {
+        let mut base = BaseWeights::load(&spec.base_model, base_dtype, device).map_err(|e| {
             failed_precondition(format!(
                 "base_model {:?} cannot be loaded: {e:#}",
                 spec.base_model
@@ -73,7 +73,18 @@ impl TrainSession {
                 spec.run.seed,
                 device,
             )?,
-            None => TrainParams::full(&base.tensors, device)?,
+            None => {
+                let params = TrainParams::full(&base.tensors, device)?;
+                // The f32 masters take the loaded copies' place: holding both would double a full
+                // fine-tune's weight memory. Later readers of `base.tensors` (export) only need
+                // the names and shapes, which are the same.
+                base.tensors = params
+                    .trainable()
+                    .into_iter()
+                    .map(|(name, var)| (name, var.as_tensor().clone()))
+                    .collect();
+                params
+            }
         };
         let model = TrainableQwen2::new(base.config.clone(), params, compute_dtype, max_positions)?;
         let optimizer = AdamW::new(AdamWConfig::from(&spec.optimizer));

@@ -29,19 +29,25 @@ pub fn total_steps(examples: usize, per_step: usize, epochs: u32, max_steps: u64
     }
 }
 
-/// Example `consumed` of the run (epoch-major, seeded order within each epoch).
-fn example_at<'a>(
+/// The run's data cursor: example `consumed` is at position `consumed % n` of epoch
+/// `consumed / n`'s seeded order, so nothing but the count needs saving.
+struct DataCursor<'a> {
     data: &'a [SftExample],
-    orders: &mut BTreeMap<u32, Vec<usize>>,
     seed: u64,
-    consumed: u64,
-) -> &'a SftExample {
-    let n = data.len() as u64;
-    let epoch = (consumed / n) as u32;
-    let order = orders
-        .entry(epoch)
-        .or_insert_with(|| epoch_order(data.len(), seed, epoch));
-    &data[order[(consumed % n) as usize]]
+    /// The order of the epoch last asked for.
+    order: Option<(u32, Vec<usize>)>,
+}
+
+impl<'a> DataCursor<'a> {
+    fn example(&mut self, consumed: u64) -> &'a SftExample {
+        let n = self.data.len() as u64;
+        let epoch = (consumed / n) as u32;
+        if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            self.order = Some((epoch, epoch_order(self.data.len(), self.seed, epoch)));
+        }
+        let (_, order) = self.order.as_ref().expect("set above");
+        &self.data[order[(consumed % n) as usize]]
+    }
 }
 
 /// Token-mean NLL of `data` under the current weights.
@@ -89,7 +95,11 @@ pub fn run(
     ctx.running();
 
     let n = train.len() as u64;
-    let mut orders = BTreeMap::new();
+    let mut cursor = DataCursor {
+        data: &train,
+        seed: spec.run.seed,
+        order: None,
+    };
     let mut last_eval = None;
     while session.state.step < session.total_steps {
         let step_start = Instant::now();
@@ -98,7 +108,7 @@ pub fn run(
         let first = session.state.examples_consumed;
         let batch: Vec<&SftExample> = (first..first + per_step as u64)
             .filter(|&c| spec.run.epochs == 0 || c < n * spec.run.epochs as u64)
-            .map(|c| example_at(&train, &mut orders, spec.run.seed, c))
+            .map(|c| cursor.example(c))
             .collect();
         let loss_tokens: usize = batch.iter().map(|e| e.tokens.len() - e.prompt_len).sum();
         let nll = NegLogLikelihood {

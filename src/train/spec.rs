@@ -2,6 +2,7 @@
 //! validated once into this plain, serde-serialisable form. It is stored as JSON in the job
 //! database, so field names here are a persistence format: add fields with defaults, never rename.
 
+pub use crate::model::adapter::LORA_MODULES;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -138,17 +139,6 @@ impl Default for RunPolicy {
         }
     }
 }
-
-/// The seven projections LoRA may adapt, in PEFT's module names.
-pub const LORA_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 /// A spec field that is wrong, named the way clients spell it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,8 +2,8 @@
 //! the tiny test checkpoints.
 
 use candle_core::{DType, Device};
+use rmr1::model::base_weights::BaseWeights;
 use rmr1::model::Qwen2;
-use rmr1::train::base_weights::BaseWeights;
 use rmr1::train::forward::TrainableQwen2;
 use rmr1::train::params::TrainParams;
 use rmr1::train::LoraSpec;
