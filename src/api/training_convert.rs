@@ -7,7 +7,8 @@ use crate::train::record::{
     CheckpointRecord, EventKind, JobEvent, JobFailure, JobOutput, JobProgress, JobRecord, LogLevel,
 };
 use crate::train::spec::{
-    LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, SpecError, TaskSpec, TrainSpec,
+    GrpoSpec, LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, SpecError, TaskSpec,
+    TrainSpec,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,8 +24,10 @@ fn bad(field: &str, message: &str) -> SpecError {
 pub fn train_spec(p: &proto::TrainJobSpec) -> Result<TrainSpec, SpecError> {
     let task = match &p.task {
         Some(train_job_spec::Task::Sft(s)) => TaskSpec::Sft(sft_spec(s)),
-        None => return Err(bad("task", "is required (sft)")),
+        Some(train_job_spec::Task::Grpo(g)) => TaskSpec::Grpo(grpo_spec(g)),
+        None => return Err(bad("task", "is required (sft or grpo)")),
     };
+    let default_optimizer = OptimizerSpec::default_for(&task);
     Ok(TrainSpec {
         base_model: p.base_model.clone(),
         task,
@@ -35,8 +38,8 @@ pub fn train_spec(p: &proto::TrainJobSpec) -> Result<TrainSpec, SpecError> {
             target_modules: l.target_modules.clone(),
         }),
         optimizer: match &p.optimizer {
-            Some(o) => optimizer_spec(o)?,
-            None => OptimizerSpec::default(),
+            Some(o) => optimizer_spec(o, &default_optimizer)?,
+            None => default_optimizer,
         },
         run: p.run.as_ref().map(run_policy).unwrap_or_default(),
         output_dir: PathBuf::from(&p.output_dir),
@@ -64,8 +67,41 @@ fn sft_spec(s: &proto::SftSpec) -> SftSpec {
     }
 }
 
-fn optimizer_spec(o: &proto::OptimizerSpec) -> Result<OptimizerSpec, SpecError> {
-    let d = OptimizerSpec::default();
+fn grpo_spec(g: &proto::GrpoSpec) -> GrpoSpec {
+    let d = GrpoSpec::with_defaults(Vec::new());
+    let or = |v: u32, default: usize| if v == 0 { default } else { v as usize };
+    let or_f = |v: f64, default: f64| if v == 0.0 { default } else { v };
+    GrpoSpec {
+        train_files: g.train_files.iter().map(PathBuf::from).collect(),
+        label_field: if g.label_field.is_empty() {
+            d.label_field
+        } else {
+            g.label_field.clone()
+        },
+        group_size: or(g.group_size, d.group_size),
+        prompts_per_step: or(g.prompts_per_step, d.prompts_per_step),
+        prompts_per_update: or(g.prompts_per_update, d.prompts_per_update),
+        update_epochs: if g.update_epochs == 0 {
+            d.update_epochs
+        } else {
+            g.update_epochs
+        },
+        max_prompt_len: or(g.max_prompt_len, d.max_prompt_len),
+        max_response_len: or(g.max_response_len, d.max_response_len),
+        temperature: or_f(g.temperature, d.temperature),
+        top_p: or_f(g.top_p, d.top_p),
+        clip_low: g.clip_low.unwrap_or(d.clip_low),
+        clip_high: g.clip_high.unwrap_or(d.clip_high),
+        kl_coef: g.kl_coef.unwrap_or(d.kl_coef),
+        skip_bad_rows: g.skip_bad_rows,
+        rollout_kv_cache_mib: or(g.rollout_kv_cache_mib, d.rollout_kv_cache_mib),
+    }
+}
+
+fn optimizer_spec(
+    o: &proto::OptimizerSpec,
+    d: &OptimizerSpec,
+) -> Result<OptimizerSpec, SpecError> {
     let nonzero = |v: f64, default: f64| if v == 0.0 { default } else { v };
     let schedule = match proto::Schedule::try_from(o.schedule) {
         Ok(proto::Schedule::Unspecified) => d.schedule,
@@ -126,6 +162,23 @@ pub fn spec_proto(s: &TrainSpec) -> proto::TrainJobSpec {
             max_seq_len: to_u32(sft.max_seq_len),
             skip_bad_rows: sft.skip_bad_rows,
             eval_every_steps: sft.eval_every_steps,
+        }),
+        TaskSpec::Grpo(g) => train_job_spec::Task::Grpo(proto::GrpoSpec {
+            train_files: g.train_files.iter().map(|p| path_string(p)).collect(),
+            label_field: g.label_field.clone(),
+            group_size: to_u32(g.group_size),
+            prompts_per_step: to_u32(g.prompts_per_step),
+            prompts_per_update: to_u32(g.prompts_per_update),
+            update_epochs: g.update_epochs,
+            max_prompt_len: to_u32(g.max_prompt_len),
+            max_response_len: to_u32(g.max_response_len),
+            temperature: g.temperature,
+            top_p: g.top_p,
+            clip_low: Some(g.clip_low),
+            clip_high: Some(g.clip_high),
+            kl_coef: Some(g.kl_coef),
+            skip_bad_rows: g.skip_bad_rows,
+            rollout_kv_cache_mib: to_u32(g.rollout_kv_cache_mib),
         }),
     };
     let o = &s.optimizer;
@@ -319,7 +372,9 @@ mod tests {
         let spec = train_spec(&minimal()).unwrap();
         assert_eq!(spec.optimizer, OptimizerSpec::default());
         assert_eq!(spec.run, RunPolicy::default());
-        let TaskSpec::Sft(sft) = &spec.task;
+        let TaskSpec::Sft(sft) = &spec.task else {
+            panic!("an sft spec")
+        };
         assert_eq!(sft.target_field, "winner");
         assert_eq!(sft.max_seq_len, 12_288);
         // An optimizer message with only zeros still means the defaults where zero is no value.

@@ -133,7 +133,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 async fn submit(client: &mut TrainingServiceClient<Channel>, args: SubmitArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("reading {}", args.spec.display()))?;
-    let spec: TrainSpec = serde_json::from_str(&text)
+    let spec = TrainSpec::from_json(&text)
         .with_context(|| format!("{} is not a training spec", args.spec.display()))?;
     let job = client
         .create_train_job(CreateTrainJobRequest {

@@ -66,6 +66,16 @@ impl BlockManager {
         self.pool.num_blocks()
     }
 
+    /// Forgets every cached prefix; only valid with no sequence holding blocks (their tables'
+    /// hash chains would refer to forgotten blocks).
+    pub fn forget_prefixes(&mut self) {
+        assert!(
+            self.tables.is_empty(),
+            "prefixes forgotten while sequences hold blocks"
+        );
+        self.pool.forget_prefixes();
+    }
+
     pub fn has_sequence(&self, seq: SeqId) -> bool {
         self.tables.contains_key(&seq)
     }

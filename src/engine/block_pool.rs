@@ -123,6 +123,13 @@ impl BlockPool {
         self.cached.insert(hash, block);
     }
 
+    /// Forgets every cached prefix (the weights that computed them changed). Blocks stay allocated
+    /// to whoever holds them; only their reuse by content is gone.
+    pub fn forget_prefixes(&mut self) {
+        self.cached.clear();
+        self.hashes.iter_mut().for_each(|h| *h = None);
+    }
+
     /// Fraction of blocks held by live sequences (cached-but-free blocks count as free).
     pub fn usage(&self) -> f64 {
         if self.num_blocks() == 0 {

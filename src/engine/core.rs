@@ -136,6 +136,29 @@ impl EngineCore {
         &self.model
     }
 
+    /// Serves `model` from the next step on (GRPO: the policy after an optimizer update) and returns
+    /// the old one. Only between requests: the KV cache and every cached prefix were computed by the
+    /// old weights, so the prefix cache is emptied. The new model must have the old one's shape,
+    /// dtype and device (the cache was planned for it).
+    pub fn replace_model(&mut self, model: Qwen2) -> Result<Qwen2> {
+        if self.has_work() || !self.seqs.is_empty() {
+            anyhow::bail!("the engine's weights can only be replaced while it is idle");
+        }
+        let (old, new) = (self.model.config(), model.config());
+        let same_shape = old.num_hidden_layers == new.num_hidden_layers
+            && old.kv_dim() == new.kv_dim()
+            && old.vocab_size == new.vocab_size
+            && old.hidden_size == new.hidden_size;
+        if !same_shape
+            || self.model.dtype() != model.dtype()
+            || !self.model.device().same_device(model.device())
+        {
+            anyhow::bail!("replacement weights differ in shape, dtype or device from the served ones");
+        }
+        self.scheduler.blocks_mut().forget_prefixes();
+        Ok(std::mem::replace(&mut self.model, model))
+    }
+
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }

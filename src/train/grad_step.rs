@@ -42,6 +42,12 @@ pub trait TokenLoss {
     /// The loss of rows `start..start + n` of the [`LossRows`], given their log-probabilities
     /// (`[n]`, f32, differentiable). Returns a scalar.
     fn chunk_loss(&self, start: usize, log_probs: &Tensor) -> Result<Tensor>;
+
+    /// Log-probabilities come from `logits / temperature` (GRPO scores samples under the
+    /// temperature they were drawn at).
+    fn temperature(&self) -> f64 {
+        1.0
+    }
 }
 
 /// What one sequence's pass measured.
@@ -71,13 +77,15 @@ fn final_hidden(
     Ok(x)
 }
 
-/// `(start, log-probs [n])` of each chunk of at most `head_chunk` loss rows, read from `hidden`.
+/// `(start, log-probs [n], logits / temperature [n, V])` of each chunk of at most `head_chunk` loss
+/// rows, read from `hidden`.
 fn head_chunks<'a>(
     model: &'a TrainableQwen2,
     hidden: &'a Tensor,
     rows: &'a LossRows,
     head_chunk: usize,
-) -> impl Iterator<Item = Result<(usize, Tensor)>> + 'a {
+    temperature: f64,
+) -> impl Iterator<Item = Result<(usize, Tensor, Tensor)>> + 'a {
     let size = head_chunk.max(1);
     rows.positions
         .chunks(size)
@@ -87,8 +95,11 @@ fn head_chunks<'a>(
             let n = positions.len();
             let pos = Tensor::from_slice(positions, n, model.device())?;
             let targets = Tensor::from_slice(&rows.targets[start..start + n], n, model.device())?;
-            let logits = model.head(&hidden.index_select(&pos, 0)?)?;
-            Ok((start, target_log_probs(&logits, &targets)?))
+            let mut logits = model.head(&hidden.index_select(&pos, 0)?)?;
+            if temperature != 1.0 {
+                logits = (logits / temperature)?;
+            }
+            Ok((start, target_log_probs(&logits, &targets)?, logits))
         })
 }
 
@@ -114,8 +125,9 @@ pub fn accumulate_sequence(
     let hidden = Var::from_tensor(&x)?;
     let mut grad = hidden.zeros_like()?.detach();
     let mut total = 0.0;
-    for chunk in head_chunks(model, hidden.as_tensor(), rows, head_chunk) {
-        let (start, log_probs) = chunk?;
+    let temperature = loss.temperature();
+    for chunk in head_chunks(model, hidden.as_tensor(), rows, head_chunk, temperature) {
+        let (start, log_probs, _) = chunk?;
         let chunk_loss = loss.chunk_loss(start, &log_probs)?;
         total += chunk_loss
             .to_dtype(candle_core::DType::F64)?
@@ -156,14 +168,55 @@ pub fn sequence_log_probs(
     rows: &LossRows,
     head_chunk: usize,
 ) -> Result<Vec<f32>> {
+    Ok(sequence_scores(model, tokens, rows, head_chunk, 1.0, false)?.log_probs)
+}
+
+/// Per loss row: the target's log-probability and (when asked) the entropy of the distribution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowScores {
+    pub log_probs: Vec<f32>,
+    /// Empty unless asked for.
+    pub entropies: Vec<f32>,
+}
+
+/// Log-probabilities (and entropies) of `rows` under `softmax(logits / temperature)`, without
+/// gradients, layer by layer.
+pub fn sequence_scores(
+    model: &TrainableQwen2,
+    tokens: &[u32],
+    rows: &LossRows,
+    head_chunk: usize,
+    temperature: f64,
+    with_entropy: bool,
+) -> Result<RowScores> {
     let ids = Tensor::from_slice(tokens, tokens.len(), model.device())?;
     let (cos, sin) = model.rope_rows(tokens.len())?;
     let x = final_hidden(model, &ids, (&cos, &sin), None, None)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in head_chunks(model, &x, rows, head_chunk) {
-        out.extend(chunk?.1.detach().to_vec1::<f32>()?);
+    let mut out = RowScores {
+        log_probs: Vec::with_capacity(rows.len()),
+        entropies: Vec::new(),
+    };
+    for chunk in head_chunks(model, &x, rows, head_chunk, temperature) {
+        let (_, log_probs, logits) = chunk?;
+        out.log_probs.extend(log_probs.detach().to_vec1::<f32>()?);
+        if with_entropy {
+            out.entropies.extend(entropy(&logits.detach())?);
+        }
     }
     Ok(out)
+}
+
+/// `H = logsumexp(z) − Σ softmax(z)·z` per row of `z` `[n, V]`.
+fn entropy(z: &Tensor) -> Result<Vec<f32>> {
+    let z = z.to_dtype(candle_core::DType::F32)?;
+    let max = z.max_keepdim(1)?;
+    let shifted = z.broadcast_sub(&max)?;
+    let exp = shifted.exp()?;
+    let sum = exp.sum_keepdim(1)?;
+    let p = exp.broadcast_div(&sum)?;
+    // With z shifted by its max: H = log Σ e^(z−m) − Σ p·(z−m).
+    let h = (sum.log()?.squeeze(1)? - (p * shifted)?.sum(1)?)?;
+    h.to_vec1::<f32>()
 }
 
 /// SFT's loss: `−Σ log p(target) · weight`, the weight being `1 / (loss tokens in the optimizer

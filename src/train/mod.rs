@@ -1,6 +1,7 @@
 //! Training, two floors. The job layer (`job`, `record`, `store`, `runner`, `events`, `jobs`,
 //! `roots`) knows nothing of tensors; the trainer layer (`forward`, `ops`, `params`, `optim`,
-//! `grad_step`, `checkpoint`, `session`, `sft`, `sft_data`, `export`) knows nothing of gRPC. They
+//! `grad_step`, `checkpoint`, `session`, `sft`, `sft_data`, `grpo`, `grpo_loss`, `rlvr_data`,
+//! `rollout`, `export`) knows nothing of gRPC. They
 //! meet at [`executor`]; [`trainer::Trainer`] is the executor the server runs.
 //!
 //! The output formats that serving reads too (PEFT adapter, safetensors with metadata, dense base
@@ -13,13 +14,17 @@ pub mod executor;
 pub mod export;
 pub mod forward;
 pub mod grad_step;
+pub mod grpo;
+pub mod grpo_loss;
 pub mod job;
 pub mod jobs;
 pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod record;
+pub mod rlvr_data;
 pub mod rng;
+pub mod rollout;
 pub mod roots;
 pub mod runner;
 pub mod session;
@@ -38,4 +43,6 @@ pub use executor::{
 };
 pub use export::{export_merged, write_hf_checkpoint, TokenizerFiles};
 pub use jobs::{JobsError, TrainJobs, TrainingConfig};
-pub use spec::{LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, TaskSpec, TrainSpec};
+pub use spec::{
+    GrpoSpec, LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, TaskSpec, TrainSpec,
+};

@@ -94,6 +94,16 @@ impl TrainParams {
         })
     }
 
+    /// Every weight frozen, nothing trained: a reference model (GRPO's KL anchor).
+    pub fn frozen_only(base: &BTreeMap<String, Tensor>, device: &Device) -> Self {
+        Self {
+            frozen: base.clone(),
+            trainable: BTreeMap::new(),
+            lora: BTreeMap::new(),
+            device: device.clone(),
+        }
+    }
+
     /// LoRA: base weights frozen as given; adapters initialised as PEFT does (A Kaiming-uniform with
     /// a = √5, i.e. U(±1/√in); B zero, so training starts exactly at the base model).
     pub fn with_lora(

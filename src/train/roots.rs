@@ -105,6 +105,11 @@ impl TrainRoots {
                     *f = self.resolve(&format!("sft.eval_files[{i}]"), f)?;
                 }
             }
+            TaskSpec::Grpo(grpo) => {
+                for (i, f) in grpo.train_files.iter_mut().enumerate() {
+                    *f = self.resolve(&format!("grpo.train_files[{i}]"), f)?;
+                }
+            }
         }
         spec.output_dir = self.resolve("output_dir", &spec.output_dir)?;
         if self.roots.contains(&spec.output_dir) {

@@ -25,6 +25,9 @@ pub struct TrainSession {
     pub optimizer: AdamW,
     pub state: TrainerState,
     pub total_steps: u64,
+    /// Optimizer updates per step (SFT: 1; GRPO: the mini-batches of a rollout batch). The
+    /// learning-rate schedule runs over `total_steps × updates_per_step` updates.
+    pub updates_per_step: u64,
     /// When this process started (or resumed) the run, and at which step: the pace for ETAs.
     started: Instant,
     started_step: u64,
@@ -107,6 +110,7 @@ impl TrainSession {
             optimizer,
             state,
             total_steps: 0,
+            updates_per_step: 1,
             started: Instant::now(),
             started_step: 0,
         })
@@ -144,7 +148,8 @@ impl TrainSession {
         Ok(())
     }
 
-    /// Clips, schedules and applies one optimizer update; returns (pre-clip grad norm, lr).
+    /// Clips, schedules and applies one optimizer update; returns (pre-clip grad norm, lr). The
+    /// step counter is the caller's (a GRPO step makes several updates).
     pub fn apply_update(&mut self, sums: GradAccumulator) -> Result<(f64, f64), TrainError> {
         let mut grads = sums.into_scaled(1.0)?;
         let o = &self.spec.optimizer;
@@ -155,13 +160,37 @@ impl TrainSession {
                 self.state.step + 1
             )));
         }
-        let warmup = (o.warmup_ratio * self.total_steps as f64).ceil() as u64;
-        let lr = lr_at(o.schedule, o.lr, warmup, self.total_steps, self.state.step);
+        let total_updates = self.total_steps.saturating_mul(self.updates_per_step);
+        let warmup = (o.warmup_ratio * total_updates as f64).ceil() as u64;
+        let lr = lr_at(
+            o.schedule,
+            o.lr,
+            warmup,
+            total_updates,
+            self.optimizer.step_count(),
+        );
         self.optimizer
             .step(&self.model.params.trainable(), &grads, lr)?;
-        self.state.step += 1;
         self.state.optimizer_steps = self.optimizer.step_count();
         Ok((norm, lr))
+    }
+
+    /// The policy as dense HF-named weights, for the rollout engine: the base with the adapters
+    /// merged (`W + scale·B·A`), or the full-fine-tuning masters. Unchanged weights are shared,
+    /// not copied.
+    pub fn policy_weights(&self) -> Result<BTreeMap<String, Tensor>, TrainError> {
+        let params = &self.model.params;
+        match &self.spec.adapter {
+            Some(lora) if params.is_lora() => {
+                let mut weights = params.frozen().clone();
+                params
+                    .to_adapter(lora, &self.spec.lora_targets(), &self.base.spec)?
+                    .merge_into(&mut weights)
+                    .map_err(|e| TrainError::internal(format!("merging the adapter: {e:#}")))?;
+                Ok(weights)
+            }
+            _ => Ok(self.trainable_tensors()),
+        }
     }
 
     /// Seconds to the end at this process's pace so far.

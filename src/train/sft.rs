@@ -31,15 +31,23 @@ pub fn total_steps(examples: usize, per_step: usize, epochs: u32, max_steps: u64
 
 /// The run's data cursor: example `consumed` is at position `consumed % n` of epoch
 /// `consumed / n`'s seeded order, so nothing but the count needs saving.
-struct DataCursor<'a> {
-    data: &'a [SftExample],
+pub(super) struct DataCursor<'a, T> {
+    data: &'a [T],
     seed: u64,
     /// The order of the epoch last asked for.
     order: Option<(u32, Vec<usize>)>,
 }
 
-impl<'a> DataCursor<'a> {
-    fn example(&mut self, consumed: u64) -> &'a SftExample {
+impl<'a, T> DataCursor<'a, T> {
+    pub(super) fn new(data: &'a [T], seed: u64) -> Self {
+        Self {
+            data,
+            seed,
+            order: None,
+        }
+    }
+
+    pub(super) fn example(&mut self, consumed: u64) -> &'a T {
         let n = self.data.len() as u64;
         let epoch = (consumed / n) as u32;
         if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
@@ -95,11 +103,7 @@ pub fn run(
     ctx.running();
 
     let n = train.len() as u64;
-    let mut cursor = DataCursor {
-        data: &train,
-        seed: spec.run.seed,
-        order: None,
-    };
+    let mut cursor = DataCursor::new(&train, spec.run.seed);
     let mut last_eval = None;
     while session.state.step < session.total_steps {
         let step_start = Instant::now();
@@ -140,6 +144,7 @@ pub fn run(
             }
         }
         let (grad_norm, lr) = session.apply_update(sums)?;
+        session.state.step += 1;
         session.state.examples_consumed += batch.len() as u64;
         session.state.tokens_seen += tokens;
         session.state.loss = Some(loss);

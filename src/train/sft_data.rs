@@ -180,7 +180,7 @@ pub fn context_messages(record: &serde_json::Value) -> Result<Vec<ChatMessage>, 
     Ok(messages)
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -198,9 +198,6 @@ fn encode_row(
     tokenizer: &ModelTokenizer,
     turn: &AssistantTurn,
 ) -> Result<(Vec<u32>, usize), String> {
-    if !record.is_object() {
-        return Err(format!("the row is {}, not an object", json_kind(record)));
-    }
     let messages = context_messages(record)?;
     let trace = required_str(record, &spec.target_field)?;
     let mut tokens = tokenizer
@@ -226,10 +223,7 @@ fn encode_row(
 }
 
 /// Reads and tokenizes `files` (JSON Lines, JSON arrays or parquet, by extension; a directory
-/// means the data files directly in it). A bad row fails the load with its file, row and reason,
-/// or with `spec.skip_bad_rows` is reported through `warn` and left out (plus one summary
-/// warning). A missing, unreadable or empty file always fails, and so does a load that ends with
-/// no examples.
+/// means the data files directly in it), with the rules of [`load_rows`].
 pub fn load_sft_dataset(
     files: &[PathBuf],
     spec: &SftSpec,
@@ -237,6 +231,29 @@ pub fn load_sft_dataset(
     warn: &mut dyn FnMut(&str),
 ) -> Result<Vec<SftExample>, TrainError> {
     let turn = AssistantTurn::from_template(tokenizer)?;
+    let rows = load_rows(files, spec.skip_bad_rows, warn, &mut |record| {
+        encode_row(record, spec, tokenizer, &turn)
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|((tokens, prompt_len), source)| SftExample {
+            tokens,
+            prompt_len,
+            source,
+        })
+        .collect())
+}
+
+/// Reads every row of `files` through `encode`. A bad row fails the load with its file, row and
+/// reason, or with `skip_bad_rows` is reported through `warn` and left out (plus one summary
+/// warning). A missing, unreadable or empty file always fails, and so does a load that ends with
+/// no rows.
+pub fn load_rows<T>(
+    files: &[PathBuf],
+    skip_bad_rows: bool,
+    warn: &mut dyn FnMut(&str),
+    encode: &mut dyn FnMut(&serde_json::Value) -> Result<T, String>,
+) -> Result<Vec<(T, RowRef)>, TrainError> {
     let mut examples = Vec::new();
     let (mut rows, mut skipped) = (0usize, 0usize);
     for path in files {
@@ -263,13 +280,16 @@ pub fn load_sft_dataset(
                     file: data.path.clone(),
                     row,
                 };
-                match record.and_then(|r| encode_row(&r, spec, tokenizer, &turn)) {
-                    Ok((tokens, prompt_len)) => examples.push(SftExample {
-                        tokens,
-                        prompt_len,
-                        source,
-                    }),
-                    Err(reason) if spec.skip_bad_rows => {
+                let encoded = record.and_then(|r| {
+                    if r.is_object() {
+                        encode(&r)
+                    } else {
+                        Err(format!("the row is {}, not an object", json_kind(&r)))
+                    }
+                });
+                match encoded {
+                    Ok(example) => examples.push((example, source)),
+                    Err(reason) if skip_bad_rows => {
                         skipped += 1;
                         warn(&format!("skipping {source}: {reason}"));
                     }

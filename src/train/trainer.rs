@@ -18,6 +18,7 @@ impl TrainExecutor for Trainer {
     fn run(&self, spec: &TrainSpec, ctx: &dyn JobContext) -> Result<RunOutcome, TrainError> {
         match &spec.task {
             TaskSpec::Sft(sft) => super::sft::run(spec, sft, ctx, &self.device),
+            TaskSpec::Grpo(grpo) => super::grpo::run(spec, grpo, ctx, &self.device),
         }
     }
 }

@@ -385,5 +385,6 @@ pub fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
         .map(|_| 2 + (rng.next_f32() * (vocab - 2) as f32) as u32 % (vocab as u32 - 2))
         .collect()
 }
+pub mod grpo;
 pub mod judge_server;
 pub mod training;
