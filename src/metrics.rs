@@ -55,25 +55,29 @@ pub fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let mut builder = PrometheusBuilder::new()
+    let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STEP_TOKENS.into()), TOKEN_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JUDGE_PROB_A.into()), PROBABILITY_BUCKETS)?;
-    if let Some(addr) = listen {
-        builder = builder.with_http_listener(addr);
-    }
-    let (recorder, exporter) = builder
-        .build()
-        .context("building the Prometheus exporter")?;
+    let recorder = match listen {
+        Some(addr) => {
+            let (recorder, exporter) = builder
+                .with_http_listener(addr)
+                .build()
+                .context("building the Prometheus exporter")?;
+            tokio::spawn(async move {
+                if let Err(e) = exporter.await {
+                    tracing::error!(error = ?e, "metrics listener stopped");
+                }
+            });
+            recorder
+        }
+        // No listener at all: `build()` without one would still bind the builder's default
+        // (0.0.0.0:9000).
+        None => builder.build_recorder(),
+    };
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("a metrics recorder is already installed")?;
-    if listen.is_some() {
-        tokio::spawn(async move {
-            if let Err(e) = exporter.await {
-                tracing::error!(error = ?e, "metrics listener stopped");
-            }
-        });
-    }
     describe_all();
     let _ = HANDLE.set(handle.clone());
     Ok(HANDLE.get().cloned().unwrap_or(handle))

@@ -126,7 +126,7 @@ fn the_policy_gradient_matches_finite_differences() {
     let config = GrpoLossConfig {
         clip_low: 0.2,
         clip_high: 0.2,
-        kl_coef: 0.05,
+        kl_coef: 1.0,
     };
     // Two samples with opposite advantages; old and reference log-probs offset from the current
     // ones so that some ratios sit inside the clip range and some beyond it on either side.

@@ -1,14 +1,16 @@
-//! `kill -9` of `rmr1 serve` while an SFT job runs: on restart the job is re-queued, resumes from its
-//! newest complete checkpoint, and ends with the loss and weights of an uninterrupted run.
+//! `kill -9` of `rmr1 serve` while an SFT or a GRPO job runs: on restart the job is re-queued,
+//! resumes from its newest complete checkpoint, and ends with the loss and weights of an
+//! uninterrupted run. The GRPO job is also watched for its metrics, and a second one cancelled.
 
 mod common;
 
+use common::grpo::{setup_verdict_task, verdict_spec};
 use common::training::{write_copy_task, RecordingContext};
 use common::{write_tiny_model, TinySpec};
 use rmr1::api::proto::training_service_client::TrainingServiceClient;
 use rmr1::api::proto::{
-    train_job_event, CreateTrainJobRequest, GetTrainJobRequest, TrainJob, TrainJobState,
-    WatchTrainJobRequest,
+    train_job_event, CancelTrainJobRequest, CreateTrainJobRequest, GetTrainJobRequest, TrainJob,
+    TrainJobEvent, TrainJobState, WatchTrainJobRequest,
 };
 use rmr1::train::trainer::Trainer;
 use rmr1::train::{
@@ -20,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const STEPS: u64 = 120;
+const GRPO_STEPS: u64 = 9;
 
 fn spec(root: &Path, output: &str) -> TrainSpec {
     TrainSpec {
@@ -55,14 +58,9 @@ fn spec(root: &Path, output: &str) -> TrainSpec {
     }
 }
 
-/// Starts `rmr1 serve` with training on a free port; returns the child and its address once it
-/// reports serving.
+/// Starts `rmr1 serve` with training on a port the server picks (no race with other tests for a
+/// "free" one); returns the child and its address once it reports serving.
 fn serve(root: &Path) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rmr1"))
         .args(["serve", "--model"])
         .arg(root.join("base"))
@@ -72,8 +70,8 @@ fn serve(root: &Path) -> (Child, String) {
             "--metrics-listen",
             "off",
             "--listen",
+            "127.0.0.1:0",
         ])
-        .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(root.join("data"))
         .arg("--train-roots")
@@ -83,15 +81,20 @@ fn serve(root: &Path) -> (Child, String) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    let mut addr = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if line.contains("rmr1 serving on") {
+        if let Some(rest) = line.split("rmr1 serving on ").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
             break;
         }
+        log.push(line);
     }
+    let addr = addr.unwrap_or_else(|| panic!("rmr1 serve did not start:\n{}", log.join("\n")));
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://127.0.0.1:{port}"))
+    (child, format!("http://{addr}"))
 }
 
 async fn get(client: &mut TrainingServiceClient<tonic::transport::Channel>, id: &str) -> TrainJob {
@@ -102,55 +105,58 @@ async fn get(client: &mut TrainingServiceClient<tonic::transport::Channel>, id: 
         .into_inner()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path().canonicalize().unwrap();
-    write_tiny_model(&root.join("base"), &TinySpec::default());
-    write_copy_task(&root.join("train.jsonl"), 24, 1);
-
-    let (mut server, addr) = serve(&root);
+/// Submits `job_spec` as `job_id`, SIGKILLs the server once a checkpoint at or past `kill_at` is
+/// on disk, restarts it and waits for the job to finish; returns the finished job and every event
+/// the first server sent before the kill.
+async fn kill_and_resume(
+    root: &Path,
+    job_id: &str,
+    job_spec: &TrainSpec,
+    kill_at: u64,
+) -> (TrainJob, Vec<TrainJobEvent>) {
+    let (mut server, addr) = serve(root);
     let mut client = TrainingServiceClient::connect(addr.clone()).await.unwrap();
-    let job_spec = spec(&root, "out");
     client
         .create_train_job(CreateTrainJobRequest {
-            job_id: "kill-me".into(),
+            job_id: job_id.into(),
             labels: Default::default(),
-            spec: Some(rmr1::api::training_convert::spec_proto(&job_spec)),
+            spec: Some(rmr1::api::training_convert::spec_proto(job_spec)),
         })
         .await
         .unwrap();
-    // Watch until a checkpoint past step 10 is on disk, then SIGKILL in the middle of the run.
+    // Watch until a checkpoint at `kill_at` or later is on disk, then SIGKILL mid-run.
     let mut events = client
         .watch_train_job(WatchTrainJobRequest {
-            job_id: "kill-me".into(),
+            job_id: job_id.into(),
             after_sequence: 0,
         })
         .await
         .unwrap()
         .into_inner();
+    let mut seen = Vec::new();
     let mut checkpointed = 0;
     while let Some(event) = events.message().await.unwrap() {
+        seen.push(event.clone());
         if let Some(train_job_event::Event::CheckpointSaved(c)) = event.event {
             checkpointed = c.step;
-            if c.step >= 20 {
+            if c.step >= kill_at {
                 break;
             }
         }
     }
     assert!(
-        checkpointed >= 20,
+        checkpointed >= kill_at,
         "the job ended before it could be killed"
     );
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
     drop(client);
 
-    let (mut server, addr) = serve(&root);
+    let (mut server, addr) = serve(root);
     let mut client = TrainingServiceClient::connect(addr).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     let job = loop {
-        let job = get(&mut client, "kill-me").await;
+        let job = get(&mut client, job_id).await;
         if job.state == TrainJobState::Succeeded as i32 || job.state == TrainJobState::Failed as i32
         {
             break job;
@@ -167,15 +173,19 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
         job.error
     );
     assert_eq!(job.restart_count, 1);
-    let progress = job.progress.unwrap();
-    assert_eq!(progress.step, STEPS);
-    let served_loss = job.result.unwrap().final_metrics["loss"];
+    (job, seen)
+}
 
-    // The same spec run straight through in this process.
-    let ctx = RecordingContext::new("kill-me");
-    let straight = spec(&root, "straight");
+/// Runs `straight` in this process and checks that its final loss and weights equal those the
+/// killed-and-resumed `job` left in `resumed_dir`.
+fn assert_matches_uninterrupted(job: TrainJob, resumed_dir: &Path, straight: &TrainSpec, steps: u64) {
+    let job_id = job.job_id.clone();
+    let progress = job.progress.unwrap();
+    assert_eq!(progress.step, steps);
+    let served_loss = job.result.unwrap().final_metrics["loss"];
+    let ctx = RecordingContext::new(&job_id);
     let outcome = Trainer::new(candle_core::Device::Cpu)
-        .run(&straight, &ctx)
+        .run(straight, &ctx)
         .unwrap();
     let RunOutcome::Completed(result) = outcome else {
         panic!("cancelled");
@@ -186,18 +196,123 @@ async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
         "final loss after kill and resume {served_loss} vs uninterrupted {loss}"
     );
     let load = |dir: &Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, "kill-me")
+        let c = rmr1::train::checkpoint::latest_for_job(dir, &job_id)
             .unwrap()
             .unwrap();
-        assert_eq!(c.state.step, STEPS);
+        assert_eq!(c.state.step, steps);
         rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu)
             .unwrap()
             .0
     };
-    let (a, b) = (load(&root.join("out")), load(&root.join("straight")));
+    let (a, b) = (load(resumed_dir), load(&straight.output_dir));
     for (name, t) in &a {
         let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
         assert!(common::max_abs_diff(&x, &y) <= 1e-6, "{name} differs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_resumes_the_job_and_matches_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    write_tiny_model(&root.join("base"), &TinySpec::default());
+    write_copy_task(&root.join("train.jsonl"), 24, 1);
+    let (job, _) = kill_and_resume(&root, "kill-me", &spec(&root, "out"), 20).await;
+    assert_matches_uninterrupted(job, &root.join("out"), &spec(&root, "straight"), STEPS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpo_job_reports_its_metrics_survives_a_kill_and_cancels() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    setup_verdict_task(&root);
+    let grpo = |out: &str| {
+        let mut s = verdict_spec(&root, None, GRPO_STEPS, out);
+        s.run.checkpoint_every_steps = 3;
+        s
+    };
+    let (job, seen) = kill_and_resume(&root, "grpo-kill", &grpo("out"), 3).await;
+    // What the watcher saw per step: the RL metrics.
+    let progress: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(train_job_event::Event::Step(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!progress.is_empty());
+    for p in &progress {
+        for key in [
+            "reward_mean",
+            "reward_std",
+            "accuracy",
+            "kl",
+            "clip_fraction",
+            "entropy",
+            "response_length_mean",
+            "grad_norm",
+            "rollout_tokens_per_s",
+            "rollout_seconds",
+            "update_seconds",
+        ] {
+            assert!(p.metrics.contains_key(key), "step {} lacks {key}", p.step);
+        }
+        assert_eq!(p.total_steps, GRPO_STEPS);
+    }
+    let formats: Vec<&str> = job
+        .result
+        .as_ref()
+        .unwrap()
+        .artifacts
+        .iter()
+        .map(|a| a.format.as_str())
+        .collect();
+    assert_eq!(formats, vec!["hf_full"]);
+    assert_matches_uninterrupted(job, &root.join("out"), &grpo("straight"), GRPO_STEPS);
+
+    // A running GRPO job cancels between rollouts and updates.
+    let (mut server, addr) = serve(&root);
+    let mut client = TrainingServiceClient::connect(addr).await.unwrap();
+    let mut long = grpo("long");
+    long.run.max_steps = 10_000;
+    client
+        .create_train_job(CreateTrainJobRequest {
+            job_id: "grpo-cancel".into(),
+            labels: Default::default(),
+            spec: Some(rmr1::api::training_convert::spec_proto(&long)),
+        })
+        .await
+        .unwrap();
+    let mut events = client
+        .watch_train_job(WatchTrainJobRequest {
+            job_id: "grpo-cancel".into(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(event) = events.message().await.unwrap() {
+        if matches!(event.event, Some(train_job_event::Event::Step(_))) {
+            break;
+        }
+    }
+    client
+        .cancel_train_job(CancelTrainJobRequest {
+            job_id: "grpo-cancel".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = get(&mut client, "grpo-cancel").await;
+        if job.state == TrainJobState::Cancelled as i32 {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(job.progress.unwrap().step < 10_000);
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
