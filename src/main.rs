@@ -58,6 +58,9 @@ enum BenchCommand {
     /// SFT training throughput and peak memory on the CPU (LoRA on a real model, full fine-tuning on a
     /// small random one) against the engine's prefill on the same weights.
     Train(rmr1::bench::train::TrainBenchArgs),
+    /// One GRPO step's time split (weight hand-over, rollouts, old/reference log-probs, updates)
+    /// for a small random model and LoRA on a real one, against the engine's prefill.
+    Grpo(rmr1::bench::grpo::GrpoBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -88,5 +91,6 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),
         Command::Bench(BenchCommand::Train(args)) => rmr1::bench::train::run(args),
+        Command::Bench(BenchCommand::Grpo(args)) => rmr1::bench::grpo::run(args),
     }
 }

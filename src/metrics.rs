@@ -37,6 +37,9 @@ pub const TRAIN_JOBS_FINISHED: &str = "rmr1_train_jobs_finished_total";
 pub const TRAIN_STEP: &str = "rmr1_train_step";
 pub const TRAIN_LOSS: &str = "rmr1_train_loss";
 pub const TRAIN_TOKENS_PER_SECOND: &str = "rmr1_train_tokens_per_second";
+pub const TRAIN_REWARD: &str = "rmr1_train_reward_mean";
+pub const TRAIN_KL: &str = "rmr1_train_kl";
+pub const TRAIN_ROLLOUT_TOKENS_PER_SECOND: &str = "rmr1_train_rollout_tokens_per_second";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -158,5 +161,17 @@ fn describe_all() {
     describe_gauge!(
         TRAIN_TOKENS_PER_SECOND,
         "Training throughput of the running job (tokens/s)."
+    );
+    describe_gauge!(
+        TRAIN_REWARD,
+        "Mean rollout reward of the running GRPO job's last step (-1..1)."
+    );
+    describe_gauge!(
+        TRAIN_KL,
+        "Mean k3 KL to the reference model over the last GRPO step's tokens."
+    );
+    describe_gauge!(
+        TRAIN_ROLLOUT_TOKENS_PER_SECOND,
+        "Tokens generated per second by the running GRPO job's rollouts."
     );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Tensor, Var};
-use common::training::{base, engine_logits, full_model, lora_model, lora_spec};
+use common::training::{base, engine_logits, full_model, host_log_prob, lora_model, lora_spec};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::forward::{target_log_probs, TrainableQwen2};
 use rmr1::train::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
@@ -272,17 +272,7 @@ fn prompt_positions_carry_no_loss() {
     assert_eq!(rows.targets, toks[10..].to_vec());
     let (loss, _) = recomputed(&model, &toks, &rows, 3);
     let logits: Vec<Vec<f32>> = model.forward_logits(&toks).unwrap().to_vec2().unwrap();
-    let nll = |p: usize| {
-        let row = &logits[p];
-        let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        lse - row[toks[p + 1] as usize] as f64
-    };
+    let nll = |p: usize| -host_log_prob(&logits[p], toks[p + 1]);
     let completion: f64 = (prompt_len - 1..toks.len() - 1).map(nll).sum::<f64>() / 8.0;
     let everything: f64 = (0..toks.len() - 1).map(nll).sum::<f64>() / 17.0;
     assert!((loss - completion).abs() < 1e-5, "{loss} vs {completion}");

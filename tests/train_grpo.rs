@@ -6,14 +6,14 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::grpo::{setup_verdict_task, verdict_spec};
-use common::training::{base, engine_logits, full_model, RecordingContext};
+use common::training::{base, engine_logits, full_model, host_log_prob, RecordingContext};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::forward::TrainableQwen2;
 use rmr1::train::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
 use rmr1::train::grpo::{run_with, Ablation};
 use rmr1::train::grpo_loss::{token_terms, GrpoLoss, GrpoLossConfig};
 use rmr1::train::optim::GradAccumulator;
-use rmr1::train::rollout::RolloutEngine;
+use rmr1::train::rollout::{RolloutCapacity, RolloutEngine};
 use rmr1::train::session::TrainSession;
 use rmr1::train::trainer::Trainer;
 use rmr1::train::{LoraSpec, RunOutcome, TaskSpec, TrainErrorKind, TrainExecutor, TrainSpec};
@@ -35,12 +35,7 @@ fn run(spec: &TrainSpec, ctx: &RecordingContext, ablation: Ablation) -> RunOutco
 }
 
 fn series(ctx: &RecordingContext, key: &str) -> Vec<f64> {
-    ctx.steps
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.metrics[key])
-        .collect()
+    ctx.series(key)
 }
 
 fn window_mean(xs: &[f64]) -> f64 {
@@ -68,7 +63,10 @@ fn reward_rises_on_the_verifiable_task_and_not_without_advantages() {
     // between the two verdicts (0).
     assert!(window_mean(&rewards[..2]) < -0.5, "{rewards:?}");
     // Trained, it reads the hint: far above a coin flip.
-    assert!(window_mean(&rewards[steps as usize - 4..]) > 0.7, "{rewards:?}");
+    assert!(
+        window_mean(&rewards[steps as usize - 4..]) > 0.7,
+        "{rewards:?}"
+    );
     let accuracy = series(&ctx, "accuracy");
     assert!(accuracy[steps as usize - 1] > 0.8, "{accuracy:?}");
     assert!(result
@@ -100,7 +98,10 @@ fn reward_rises_on_the_verifiable_task_and_not_without_advantages() {
         assert!(v.iter().all(|x| x.is_finite()), "{key}: {v:?}");
     }
     let lengths = series(&ctx, "response_length_max");
-    assert!(lengths.iter().all(|&l| (1.0..=2.0).contains(&l)), "{lengths:?}");
+    assert!(
+        lengths.iter().all(|&l| (1.0..=2.0).contains(&l)),
+        "{lengths:?}"
+    );
 
     // The control: the same run with every advantage zeroed (only the KL term acts) stays where
     // it started.
@@ -145,8 +146,14 @@ fn the_policy_gradient_matches_finite_differences() {
         .iter()
         .map(|(toks, rows, _)| {
             let lp = sequence_log_probs(&model, toks, rows, 64).unwrap();
-            let old = lp.iter().zip(offsets.iter().cycle()).map(|(x, o)| x + *o as f32);
-            let reference = lp.iter().zip(offsets.iter().rev().cycle()).map(|(x, o)| x - *o as f32);
+            let old = lp
+                .iter()
+                .zip(offsets.iter().cycle())
+                .map(|(x, o)| x + *o as f32);
+            let reference = lp
+                .iter()
+                .zip(offsets.iter().rev().cycle())
+                .map(|(x, o)| x - *o as f32);
             (old.collect(), reference.collect())
         })
         .collect();
@@ -156,8 +163,14 @@ fn the_policy_gradient_matches_finite_differences() {
             let lp = sequence_log_probs(m, toks, rows, 64).unwrap();
             for (i, &x) in lp.iter().enumerate() {
                 total += weight
-                    * token_terms(x as f64, old[i] as f64, Some(reference[i] as f64), *adv, &config)
-                        .loss;
+                    * token_terms(
+                        x as f64,
+                        old[i] as f64,
+                        Some(reference[i] as f64),
+                        *adv,
+                        &config,
+                    )
+                    .loss;
             }
         }
         total
@@ -177,7 +190,10 @@ fn the_policy_gradient_matches_finite_differences() {
         accumulate_sequence(&model, toks, rows, &loss, None, 4, &mut sums).unwrap();
         clipped += loss.stats.borrow().clipped;
     }
-    assert!(clipped > 0 && clipped < total_rows, "{clipped} of {total_rows} clipped");
+    assert!(
+        clipped > 0 && clipped < total_rows,
+        "{clipped} of {total_rows} clipped"
+    );
     let grads = sums.into_scaled(1.0).unwrap();
     let mut checked = 0;
     for (name, var) in model.params.trainable().into_iter().step_by(3) {
@@ -223,11 +239,12 @@ fn after_an_update_the_engine_scores_a_sequence_as_the_trainer_does() {
             &session.policy_weights().unwrap(),
             &session.base.config,
             &session.base.tokenizer,
-            DType::F32,
-            &Device::Cpu,
-            16 << 20,
-            128,
-            8,
+            (DType::F32, &Device::Cpu),
+            RolloutCapacity {
+                kv_cache_bytes: 16 << 20,
+                max_len: 128,
+                max_num_seqs: 8,
+            },
         )
         .unwrap();
         let toks = tokens(3, 24, common::grpo::VOCAB);
@@ -237,12 +254,7 @@ fn after_an_update_the_engine_scores_a_sequence_as_the_trainer_does() {
             rows.positions
                 .iter()
                 .zip(&rows.targets)
-                .map(|(&p, &t)| {
-                    let row = &logits[p as usize];
-                    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-                    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-                    (row[t as usize] as f64 - lse) as f32
-                })
+                .map(|(&p, &t)| host_log_prob(&logits[p as usize], t) as f32)
                 .collect()
         };
         let before = engine_lp(&engine);
@@ -258,7 +270,9 @@ fn after_an_update_the_engine_scores_a_sequence_as_the_trainer_does() {
         let trainer = sequence_log_probs(&session.model, &toks, &rows, 64).unwrap();
         let moved = max_abs_diff(&trainer, &before);
         assert!(moved > 1e-2, "the update barely moved the policy: {moved}");
-        engine.load_weights(&session.policy_weights().unwrap()).unwrap();
+        engine
+            .load_weights(&session.policy_weights().unwrap())
+            .unwrap();
         let after = engine_lp(&engine);
         let gap = max_abs_diff(&trainer, &after);
         assert!(gap <= 1e-4, "engine vs trainer after the update: {gap}");
@@ -284,8 +298,11 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         run(&spec, &second, Ablation::default()),
         RunOutcome::Completed(_)
     ));
-    let resumed_steps: Vec<u64> = second.steps.lock().unwrap().iter().map(|s| s.step).collect();
-    assert_eq!(resumed_steps, vec![3, 4, 5, 6], "resumes after the step-2 checkpoint");
+    assert_eq!(
+        second.step_numbers(),
+        vec![3, 4, 5, 6],
+        "resumes after the step-2 checkpoint"
+    );
 
     let mut straight_spec = spec.clone();
     straight_spec.output_dir = root.path().join("straight");
@@ -301,7 +318,9 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
             .unwrap()
             .unwrap();
         assert_eq!(c.state.step, 6);
-        rmr1::train::checkpoint::load_tensors(&c, &Device::Cpu).unwrap().0
+        rmr1::train::checkpoint::load_tensors(&c, &Device::Cpu)
+            .unwrap()
+            .0
     };
     let (a, b) = (load(&spec.output_dir), load(&straight_spec.output_dir));
     for (name, t) in &a {
@@ -338,10 +357,9 @@ fn bad_rows_fail_the_job_naming_the_row_or_are_skipped() {
     std::fs::write(&data, text).unwrap();
 
     let spec = verdict_spec(root.path(), lora(), 1, "out");
-    let err = Trainer::new(Device::Cpu)
-        .run(&spec, &RecordingContext::new("bad"))
-        .err()
-        .expect("a bad row fails the job");
+    let Err(err) = Trainer::new(Device::Cpu).run(&spec, &RecordingContext::new("bad")) else {
+        panic!("a bad row fails the job")
+    };
     assert_eq!(err.kind, TrainErrorKind::InvalidData);
     assert!(
         err.message.contains("rl.jsonl row 17") && err.message.contains("\"tie\""),
@@ -360,7 +378,13 @@ fn bad_rows_fail_the_job_naming_the_row_or_are_skipped() {
         RunOutcome::Completed(_)
     ));
     let messages = ctx.messages.lock().unwrap().join("\n");
-    assert!(messages.contains("row 17") && messages.contains("row 18"), "{messages}");
-    assert!(messages.contains("more than max_prompt_len 64"), "{messages}");
+    assert!(
+        messages.contains("row 17") && messages.contains("row 18"),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("more than max_prompt_len 64"),
+        "{messages}"
+    );
     assert!(messages.contains("skipped 2 of 18 rows"), "{messages}");
 }

@@ -178,7 +178,12 @@ async fn kill_and_resume(
 
 /// Runs `straight` in this process and checks that its final loss and weights equal those the
 /// killed-and-resumed `job` left in `resumed_dir`.
-fn assert_matches_uninterrupted(job: TrainJob, resumed_dir: &Path, straight: &TrainSpec, steps: u64) {
+fn assert_matches_uninterrupted(
+    job: TrainJob,
+    resumed_dir: &Path,
+    straight: &TrainSpec,
+    steps: u64,
+) {
     let job_id = job.job_id.clone();
     let progress = job.progress.unwrap();
     assert_eq!(progress.step, steps);

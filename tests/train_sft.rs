@@ -205,14 +205,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_does() {
     );
     let second = RecordingContext::new("job");
     completed(trainer.run(&interrupted, &second).unwrap());
-    let resumed_steps: Vec<u64> = second
-        .steps
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.step)
-        .collect();
-    assert_eq!(resumed_steps, (4..=9).collect::<Vec<_>>());
+    assert_eq!(second.step_numbers(), (4..=9).collect::<Vec<_>>());
     assert!(second
         .messages
         .lock()

@@ -14,7 +14,7 @@ use rmr1::api::proto::{
 use rmr1::api::GrpcServer;
 use rmr1::train::job::JobState;
 use rmr1::train::store::{CreateOutcome, JobStore, StateChange};
-use rmr1::train::TrainSpec;
+use rmr1::train::{OptimizerSpec, TrainSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tonic::transport::Channel;
@@ -611,12 +611,46 @@ async fn a_restarted_server_requeues_and_resumes_interrupted_jobs() {
 }
 
 #[test]
-fn the_example_spec_is_a_valid_train_spec() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/training/sft-lora.example.json"),
+fn the_example_specs_are_valid_train_specs() {
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/training")
+                .join(name),
+        )
+        .unwrap();
+        let spec = TrainSpec::from_json(&text).unwrap();
+        spec.validate().unwrap();
+        spec
+    };
+    let sft = read("sft-lora.example.json");
+    assert!(sft.adapter.is_some());
+    assert_eq!(sft.optimizer.lr, 1e-4);
+    // The GRPO example names no optimizer: it gets GRPO's defaults, not SFT's.
+    let grpo = read("grpo-lora.example.json");
+    assert!(matches!(grpo.task, rmr1::train::TaskSpec::Grpo(_)));
+    assert_eq!(grpo.optimizer, OptimizerSpec::default_for(&grpo.task));
+    assert_eq!(grpo.optimizer.lr, 1e-6);
+    assert_eq!(grpo.optimizer.schedule, rmr1::train::Schedule::Constant);
+    // A partial optimizer keeps the task's defaults for the fields it leaves out.
+    let partial = TrainSpec::from_json(
+        r#"{"base_model": "m", "output_dir": "o", "optimizer": {"lr": 3e-6},
+            "task": {"kind": "grpo", "train_files": ["d.jsonl"]}}"#,
     )
     .unwrap();
-    let spec: TrainSpec = serde_json::from_str(&text).unwrap();
-    spec.validate().unwrap();
-    assert!(spec.adapter.is_some());
+    assert_eq!(partial.optimizer.lr, 3e-6);
+    assert_eq!(partial.optimizer.beta2, 0.999);
+    assert_eq!(partial.optimizer.warmup_ratio, 0.0);
+    let rmr1::train::TaskSpec::Grpo(g) = &partial.task else {
+        panic!("grpo")
+    };
+    assert_eq!(
+        (
+            g.group_size,
+            g.prompts_per_step,
+            g.prompts_per_update,
+            g.kl_coef
+        ),
+        (7, 1024, 128, 0.001)
+    );
 }

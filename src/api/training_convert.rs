@@ -7,8 +7,7 @@ use crate::train::record::{
     CheckpointRecord, EventKind, JobEvent, JobFailure, JobOutput, JobProgress, JobRecord, LogLevel,
 };
 use crate::train::spec::{
-    GrpoSpec, LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, SpecError, TaskSpec,
-    TrainSpec,
+    GrpoSpec, LoraSpec, OptimizerSpec, RunPolicy, Schedule, SftSpec, SpecError, TaskSpec, TrainSpec,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,10 +97,7 @@ fn grpo_spec(g: &proto::GrpoSpec) -> GrpoSpec {
     }
 }
 
-fn optimizer_spec(
-    o: &proto::OptimizerSpec,
-    d: &OptimizerSpec,
-) -> Result<OptimizerSpec, SpecError> {
+fn optimizer_spec(o: &proto::OptimizerSpec, d: &OptimizerSpec) -> Result<OptimizerSpec, SpecError> {
     let nonzero = |v: f64, default: f64| if v == 0.0 { default } else { v };
     let schedule = match proto::Schedule::try_from(o.schedule) {
         Ok(proto::Schedule::Unspecified) => d.schedule,
@@ -428,5 +424,75 @@ mod tests {
         let mut p = minimal();
         p.task = None;
         assert_eq!(train_spec(&p).unwrap_err().field, "task");
+    }
+
+    fn minimal_grpo() -> proto::TrainJobSpec {
+        proto::TrainJobSpec {
+            task: Some(train_job_spec::Task::Grpo(proto::GrpoSpec {
+                train_files: vec!["rl.jsonl".into()],
+                ..Default::default()
+            })),
+            ..minimal()
+        }
+    }
+
+    #[test]
+    fn a_grpo_spec_takes_upstreams_defaults_and_its_own_optimizer() {
+        let spec = train_spec(&minimal_grpo()).unwrap();
+        let TaskSpec::Grpo(g) = &spec.task else {
+            panic!("a grpo spec")
+        };
+        assert_eq!(g, &GrpoSpec::with_defaults(vec!["rl.jsonl".into()]));
+        assert_eq!(
+            (g.group_size, g.prompts_per_step, g.prompts_per_update),
+            (7, 1024, 128)
+        );
+        assert_eq!((g.clip_low, g.clip_high, g.kl_coef), (0.2, 0.2, 0.001));
+        assert_eq!((g.max_prompt_len, g.max_response_len), (4096, 8192));
+        assert_eq!(spec.optimizer, OptimizerSpec::default_for(&spec.task));
+        assert_eq!(spec.optimizer.lr, 1e-6);
+        // An optimizer message with zeros fills GRPO's defaults, not SFT's.
+        let mut p = minimal_grpo();
+        p.optimizer = Some(proto::OptimizerSpec::default());
+        assert_eq!(
+            train_spec(&p).unwrap().optimizer.schedule,
+            Schedule::Constant
+        );
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn a_grpo_spec_round_trips_and_an_explicit_zero_kl_survives() {
+        let mut p = minimal_grpo();
+        if let Some(train_job_spec::Task::Grpo(g)) = &mut p.task {
+            g.kl_coef = Some(0.0);
+            g.group_size = 3;
+            g.temperature = 0.7;
+        }
+        let spec = train_spec(&p).unwrap();
+        let TaskSpec::Grpo(g) = &spec.task else {
+            panic!("a grpo spec")
+        };
+        assert_eq!((g.kl_coef, g.group_size, g.temperature), (0.0, 3, 0.7));
+        assert_eq!(train_spec(&spec_proto(&spec)).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_grpo_fields_are_named() {
+        let mut spec = train_spec(&minimal_grpo()).unwrap();
+        let TaskSpec::Grpo(g) = &mut spec.task else {
+            panic!("a grpo spec")
+        };
+        g.group_size = 1;
+        assert_eq!(spec.validate().unwrap_err().field, "grpo.group_size");
+        let TaskSpec::Grpo(g) = &mut spec.task else {
+            unreachable!()
+        };
+        g.group_size = 7;
+        g.prompts_per_update = 2048;
+        assert_eq!(
+            spec.validate().unwrap_err().field,
+            "grpo.prompts_per_update"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! Benchmarks that print tables (`rmr1 bench engine|judge|throughput`); they assert nothing.
+//! Benchmarks that print tables (`rmr1 bench engine|judge|throughput|train|grpo`); they assert nothing.
 
 pub mod engine;
+pub mod grpo;
 pub mod judge;
 pub mod throughput;
 pub mod train;

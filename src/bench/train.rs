@@ -34,7 +34,7 @@ pub struct TrainBenchArgs {
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -44,7 +44,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Resets `VmHWM` to the current RSS so each row reports its own peak.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -66,7 +66,7 @@ fn synthetic_tokens(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Engine prefill of `tokens` on dense weights: forward only, the yardstick for a training step.
-fn engine_prefill_tokens_per_s(
+pub(crate) fn engine_prefill_tokens_per_s(
     config: &Qwen2Config,
     tensors: &BTreeMap<String, Tensor>,
     tokens: &[u32],
@@ -133,7 +133,7 @@ fn measure(
 }
 
 /// A random Qwen2 with the real tokenizer's vocabulary size but few, narrow layers.
-fn small_random(vocab: usize) -> Result<(Qwen2Config, BTreeMap<String, Tensor>)> {
+pub(crate) fn small_random(vocab: usize) -> Result<(Qwen2Config, BTreeMap<String, Tensor>)> {
     let config: Qwen2Config = serde_json::from_value(serde_json::json!({
         "vocab_size": vocab, "hidden_size": 256, "intermediate_size": 704,
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,

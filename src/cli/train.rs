@@ -271,12 +271,25 @@ impl ProgressLine {
     fn draw(&mut self, p: &TrainProgress) {
         let metric = |k: &str| p.metrics.get(k).copied();
         let loss = metric("loss").map_or("-".into(), |l| format!("{l:.4}"));
-        let rate = metric("tokens_per_s").map_or("-".into(), |r| format!("{r:.0}"));
+        // SFT reports tokens_per_s; GRPO its reward and both halves of a step.
+        let detail = match metric("reward_mean") {
+            Some(reward) => format!(
+                "reward {reward:.3}  acc {:.2}  kl {:.4}  rollout {:.0} tok/s  update {:.0} tok/s",
+                metric("accuracy").unwrap_or(f64::NAN),
+                metric("kl").unwrap_or(f64::NAN),
+                metric("rollout_tokens_per_s").unwrap_or(f64::NAN),
+                metric("trainer_tokens_per_s").unwrap_or(f64::NAN),
+            ),
+            None => {
+                let rate = metric("tokens_per_s").map_or("-".into(), |r| format!("{r:.0}"));
+                format!("{rate} tok/s")
+            }
+        };
         let eta = p.eta_seconds.map_or("?".into(), format_duration);
         let mut err = std::io::stderr();
         let _ = write!(
             err,
-            "\r\x1b[Kstep {}/{}  epoch {}  loss {loss}  {rate} tok/s  ETA {eta}",
+            "\r\x1b[Kstep {}/{}  epoch {}  loss {loss}  {detail}  ETA {eta}",
             p.step, p.total_steps, p.epoch
         );
         let _ = err.flush();

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     /// On a GPU, the share of device memory the process may fill; the KV cache gets what the weights
     /// and a reserve for activations leave (unless `num_blocks` is set).
     pub gpu_memory_fraction: f64,
+    /// Send the engine's counters and gauges to Prometheus. Off for engines that are not the
+    /// served one (GRPO rollouts), whose numbers would mix with the judge's.
+    pub export_metrics: bool,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             max_pending_requests: 4096,
             seed: 0,
             gpu_memory_fraction: 0.90,
+            export_metrics: true,
         }
     }
 }
@@ -120,7 +124,10 @@ impl EngineCore {
             next_id: 0,
             max_model_len,
             seed: config.seed,
-            stats: Arc::new(EngineStats::default()),
+            stats: Arc::new(EngineStats {
+                quiet: !config.export_metrics,
+                ..EngineStats::default()
+            }),
         })
     }
 
@@ -153,7 +160,9 @@ impl EngineCore {
             || self.model.dtype() != model.dtype()
             || !self.model.device().same_device(model.device())
         {
-            anyhow::bail!("replacement weights differ in shape, dtype or device from the served ones");
+            anyhow::bail!(
+                "replacement weights differ in shape, dtype or device from the served ones"
+            );
         }
         self.scheduler.blocks_mut().forget_prefixes();
         Ok(std::mem::replace(&mut self.model, model))

@@ -23,6 +23,9 @@ pub struct EngineStats {
     pub waiting: AtomicU64,
     /// KV usage as parts per million of the pool.
     pub kv_usage_ppm: AtomicU64,
+    /// Keep the counts here only, sending nothing to the `metrics` facade: an engine that is not
+    /// the served one (GRPO's rollout engine) must not move the judge's gauges.
+    pub quiet: bool,
 }
 
 impl EngineStats {
@@ -33,6 +36,9 @@ impl EngineStats {
             .fetch_add(s.prefix_query_tokens as u64, Relaxed);
         self.prefix_hit_tokens
             .fetch_add(s.prefix_hit_tokens as u64, Relaxed);
+        if self.quiet {
+            return;
+        }
         metrics::counter!(m::PREEMPTIONS).increment(s.preempted.len() as u64);
         metrics::counter!(m::PREFIX_CACHE_QUERIES).increment(s.prefix_query_tokens as u64);
         metrics::counter!(m::PREFIX_CACHE_HITS).increment(s.prefix_hit_tokens as u64);
@@ -44,6 +50,9 @@ impl EngineStats {
         self.steps.fetch_add(1, Relaxed);
         self.step_tokens.fetch_add(tokens as u64, Relaxed);
         self.step_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        if self.quiet {
+            return;
+        }
         metrics::histogram!(m::STEP_TIME).record(took.as_secs_f64());
         metrics::histogram!(m::STEP_TOKENS).record(tokens as f64);
         metrics::counter!(m::GENERATION_TOKENS).increment(sampled as u64);
@@ -58,12 +67,18 @@ impl EngineStats {
             FinishReason::Cancelled => &self.cancelled,
         }
         .fetch_add(1, Relaxed);
+        if self.quiet {
+            return;
+        }
         metrics::counter!(m::REQUEST_SUCCESS, "finished_reason" => reason.as_str()).increment(1);
     }
 
     pub fn set_queue(&self, running: usize, waiting: usize) {
         self.running.store(running as u64, Relaxed);
         self.waiting.store(waiting as u64, Relaxed);
+        if self.quiet {
+            return;
+        }
         metrics::gauge!(m::REQUESTS_RUNNING).set(running as f64);
         metrics::gauge!(m::REQUESTS_WAITING).set(waiting as f64);
     }
@@ -71,6 +86,9 @@ impl EngineStats {
     pub fn set_kv_usage(&self, fraction: f64) {
         self.kv_usage_ppm
             .store((fraction * 1e6).round() as u64, Relaxed);
+        if self.quiet {
+            return;
+        }
         metrics::gauge!(m::KV_CACHE_USAGE).set(fraction);
     }
 

@@ -134,8 +134,22 @@ fn record_metrics(e: &JobEvent) {
             if let Some(loss) = p.metrics.get("loss") {
                 metrics::gauge!(m::TRAIN_LOSS).set(*loss);
             }
-            if let Some(rate) = p.metrics.get("tokens_per_s") {
+            // SFT's throughput is tokens_per_s; GRPO's trainer half is trainer_tokens_per_s.
+            if let Some(rate) = p
+                .metrics
+                .get("tokens_per_s")
+                .or_else(|| p.metrics.get("trainer_tokens_per_s"))
+            {
                 metrics::gauge!(m::TRAIN_TOKENS_PER_SECOND).set(*rate);
+            }
+            for (key, gauge) in [
+                ("reward_mean", m::TRAIN_REWARD),
+                ("kl", m::TRAIN_KL),
+                ("rollout_tokens_per_s", m::TRAIN_ROLLOUT_TOKENS_PER_SECOND),
+            ] {
+                if let Some(v) = p.metrics.get(key) {
+                    metrics::gauge!(gauge).set(*v);
+                }
             }
         }
         _ => {}

@@ -18,7 +18,7 @@ use super::optim::GradAccumulator;
 use super::params::TrainParams;
 use super::rlvr_data::{load_rlvr_dataset, RlvrPrompt};
 use super::rng::{mix64, GOLDEN_GAMMA};
-use super::rollout::{RolloutEngine, RolloutSampling, RolloutStats};
+use super::rollout::{RolloutCapacity, RolloutEngine, RolloutSampling, RolloutStats};
 use super::session::TrainSession;
 use super::sft::{total_steps, DataCursor};
 use super::spec::{GrpoSpec, TrainSpec};
@@ -135,11 +135,12 @@ pub fn run_with(
         &session.policy_weights()?,
         &session.base.config,
         &session.base.tokenizer,
-        compute_dtype,
-        device,
-        grpo.rollout_kv_cache_mib << 20,
-        max_len,
-        (grpo.prompts_per_step * grpo.group_size).min(MAX_ROLLOUT_SEQS),
+        (compute_dtype, device),
+        RolloutCapacity {
+            kv_cache_bytes: grpo.rollout_kv_cache_mib << 20,
+            max_len,
+            max_num_seqs: (grpo.prompts_per_step * grpo.group_size).min(MAX_ROLLOUT_SEQS),
+        },
     )
     .map_err(|e| {
         TrainError::new(
@@ -391,7 +392,10 @@ fn step_metrics(f: StepFigures) -> BTreeMap<String, f64> {
     let rewards: Vec<f64> = all.iter().map(|s| s.reward).collect();
     let reward_mean = mean(rewards.iter().copied());
     let reward_std = if rewards.len() > 1 {
-        (rewards.iter().map(|r| (r - reward_mean).powi(2)).sum::<f64>()
+        (rewards
+            .iter()
+            .map(|r| (r - reward_mean).powi(2))
+            .sum::<f64>()
             / (rewards.len() - 1) as f64)
             .sqrt()
     } else {

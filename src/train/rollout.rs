@@ -50,6 +50,16 @@ pub struct RolloutSampling {
     pub max_response_len: usize,
 }
 
+/// How much the rollout engine holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutCapacity {
+    pub kv_cache_bytes: usize,
+    /// Longest prompt + response.
+    pub max_len: usize,
+    /// Sequences run at once.
+    pub max_num_seqs: usize,
+}
+
 pub struct RolloutEngine {
     core: EngineCore,
     /// Decodes samples for the reward, special tokens kept.
@@ -75,24 +85,22 @@ fn build_model(
 }
 
 impl RolloutEngine {
-    /// An engine over `weights` with a KV cache of `kv_cache_bytes`, able to hold sequences of
-    /// `max_len` tokens and run `max_num_seqs` at once.
+    /// An engine over `weights` (activations in `dtype` on `device`).
     pub fn new(
         weights: &BTreeMap<String, Tensor>,
         config: &Qwen2Config,
         tokenizer: &ModelTokenizer,
-        dtype: DType,
-        device: &Device,
-        kv_cache_bytes: usize,
-        max_len: usize,
-        max_num_seqs: usize,
+        (dtype, device): (DType, &Device),
+        capacity: RolloutCapacity,
     ) -> Result<Self> {
         let model = build_model(weights, config, dtype, device)?;
         let engine_config = EngineConfig {
-            kv_cache_bytes,
-            max_num_seqs: max_num_seqs.max(1),
-            max_model_len: Some(max_len),
+            kv_cache_bytes: capacity.kv_cache_bytes,
+            max_num_seqs: capacity.max_num_seqs.max(1),
+            max_model_len: Some(capacity.max_len),
             max_pending_requests: usize::MAX,
+            // The judge's metrics are the served engine's alone; GRPO reports its own.
+            export_metrics: false,
             ..EngineConfig::default()
         };
         let inner = Arc::new(tokenizer.inner().clone());
@@ -158,8 +166,9 @@ impl RolloutEngine {
                     ..SamplingParams::default()
                 },
             };
-            let (senders, group): (Vec<_>, Vec<_>) =
-                (0..sampling.group_size).map(|_| unbounded_channel()).unzip();
+            let (senders, group): (Vec<_>, Vec<_>) = (0..sampling.group_size)
+                .map(|_| unbounded_channel())
+                .unzip();
             self.core.add_group(request, senders);
             receivers.push(group);
         }

@@ -150,7 +150,9 @@ impl GrpoSpec {
 
     /// Optimizer updates per rollout batch.
     pub fn updates_per_step(&self) -> u64 {
-        (self.prompts_per_step.div_ceil(self.prompts_per_update.max(1)) as u64)
+        (self
+            .prompts_per_step
+            .div_ceil(self.prompts_per_update.max(1)) as u64)
             * self.update_epochs as u64
     }
 

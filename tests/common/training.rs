@@ -15,6 +15,19 @@ pub fn engine_logits(model: &Qwen2, tokens: &[u32]) -> Vec<Vec<f32>> {
     logits.to_vec2().unwrap()
 }
 
+/// `log softmax(row)[target]`, computed on the host in f64: the independent reference for the
+/// trainer's and the engine's log-probabilities.
+pub fn host_log_prob(row: &[f32], target: u32) -> f64 {
+    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[target as usize] as f64 - lse
+}
+
 pub fn base(dir: &std::path::Path) -> BaseWeights {
     BaseWeights::load(dir.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap()
 }
@@ -72,12 +85,22 @@ impl RecordingContext {
     }
 
     pub fn losses(&self) -> Vec<f64> {
+        self.series("loss")
+    }
+
+    /// Metric `key` of every reported step, in order.
+    pub fn series(&self, key: &str) -> Vec<f64> {
         self.steps
             .lock()
             .unwrap()
             .iter()
-            .map(|s| s.metrics["loss"])
+            .map(|s| s.metrics[key])
             .collect()
+    }
+
+    /// The step numbers reported, in order.
+    pub fn step_numbers(&self) -> Vec<u64> {
+        self.steps.lock().unwrap().iter().map(|s| s.step).collect()
     }
 }
 
