@@ -119,6 +119,12 @@ pub fn run_with(
         grpo.max_prompt_len + grpo.max_response_len,
     )?;
     let max_len = session.model.max_positions();
+    // A model with a shorter context than max_prompt_len + 1 bounds the prompts instead: each
+    // needs room for at least one generated token.
+    let grpo = &GrpoSpec {
+        max_prompt_len: grpo.max_prompt_len.min(max_len.saturating_sub(1)),
+        ..grpo.clone()
+    };
     let mut warn = |m: &str| ctx.warn(m);
     let data = load_rlvr_dataset(grpo, &session.base.tokenizer, &mut warn)?;
     session.total_steps = total_steps(
