@@ -63,8 +63,18 @@ enum BenchCommand {
     Grpo(rmr1::bench::grpo::GrpoBenchArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a user can act on: the error and its causes, never a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     // A server logs each request; client-side commands that run an in-process server (eval,
     // benchmarks) keep stderr for their progress line and tables.
     let default_filter = match cli.command {

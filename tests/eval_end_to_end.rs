@@ -5,41 +5,23 @@
 
 mod common;
 
-use common::judge_server::{start_with, TestServer};
+use common::judge_server::{eval_judge_spec, eval_options, start_with, TestServer};
 use common::TinySpec;
 use rmr1::engine::EngineConfig;
 use rmr1::eval::log;
 use rmr1::eval::report::{self, EvalReport};
-use rmr1::eval::runner::{self, EvalOptions, Target};
-use rmr1::eval::task::OnBadRecord;
+use rmr1::eval::runner::{self, EvalOptions};
 use rmr1::eval::Benchmark;
 use rmr1::judge::evaluation_verdict;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 fn spec() -> TinySpec {
-    TinySpec {
-        vocab: 128,
-        max_positions: 2048,
-        verdict_words: true,
-        verdict_token_gain: 2.5,
-        ..TinySpec::default()
-    }
+    eval_judge_spec()
 }
 
 fn options(server: &TestServer, benchmark: Benchmark, data: &Path, log: &Path) -> EvalOptions {
-    EvalOptions {
-        benchmark,
-        data: data.into(),
-        log: log.into(),
-        target: Target::Remote(server.url()),
-        model: String::new(),
-        concurrency: 8,
-        seed: 7,
-        both_orders: false,
-        max_new_tokens: Some(6),
-        on_bad_record: OnBadRecord::Fail,
-    }
+    eval_options(server, benchmark, data, log)
 }
 
 fn words(i: usize, n: usize) -> String {

@@ -51,6 +51,18 @@ fn rm_bench_partial_data_loads_nine_pairs_per_prompt() {
             ("safety-response".to_string(), 157)
         ]
     );
+    // Four of the five published domain files, each complete: a partial run that names math.
+    let c = loaded.completeness.as_ref().unwrap();
+    assert!(!c.is_complete());
+    assert_eq!((c.published, c.found), (1327, 798));
+    assert_eq!(c.missing.len(), 1);
+    assert_eq!(
+        (c.missing[0].part.as_str(), c.missing[0].found),
+        ("math", 0)
+    );
+    assert!(c
+        .describe()
+        .contains("1 of the published domains missing: math"));
     // Cell (0, 2) pairs the concise chosen reply with the markdown rejected one.
     let raw: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(data.join("rm-bench/data/chat_filtered.json")).unwrap(),
@@ -92,6 +104,19 @@ fn llmbar_loads_as_the_rewardbench_llmbar_subsets() {
     .map(|(s, n)| (s.to_string(), n))
     .collect();
     assert_eq!(subsets, expected);
+    // The five llmbar subsets at their published sizes, the other 18 of RewardBench's missing.
+    let c = loaded.completeness.as_ref().unwrap();
+    assert_eq!((c.published, c.found), (2985, 419));
+    assert_eq!(c.missing.len(), 18);
+    assert!(c
+        .missing
+        .iter()
+        .all(|m| m.found == 0 && !m.part.starts_with("llmbar")));
+    assert!(
+        c.describe().contains("missing: alpacaeval-easy"),
+        "{}",
+        c.describe()
+    );
     // chosen = output_{label}.
     let raw: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(data.join("llmbar/Dataset/LLMBar/Natural/dataset.json")).unwrap(),

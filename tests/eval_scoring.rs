@@ -1,6 +1,7 @@
 //! Benchmark scoring on hand-made outcomes with hand-computed expected scores, through the same
 //! path a run takes (judgment records -> report), and loaders on hand-written files of each schema.
 
+use rmr1::eval::completeness::Completeness;
 use rmr1::eval::log::{JudgmentRecord, RecordedRequest, RunHeader, LOG_VERSION};
 use rmr1::eval::report;
 use rmr1::eval::rewardbench::SECTIONS;
@@ -19,6 +20,17 @@ fn header(benchmark: Benchmark, total: usize) -> RunHeader {
         both_orders: false,
         max_new_tokens: None,
         model: "m".into(),
+        // The scoring rules on hand-made records stand in for a complete benchmark here; the
+        // completeness tests below take it away.
+        completeness: Some(Completeness {
+            parts: "parts".into(),
+            units: "records".into(),
+            published: total,
+            found: total,
+            missing: vec![],
+            skipped: 0,
+            unexpected: vec![],
+        }),
     }
 }
 
@@ -39,6 +51,7 @@ fn record(key: String, group: TaskGroup, outcome: char) -> JudgmentRecord {
         correct: outcome == 'y',
         error: outcome == 'e',
         raw_output: String::new(),
+        orders: vec![],
         request: RecordedRequest {
             conversation: vec![],
             response_a: String::new(),

@@ -2,7 +2,6 @@
 //! `fill_template`, conversation validation (`InputError`), and prompt rendering for single- and
 //! multi-turn inputs, including swapped candidates. Pure logic, no model.
 
-use rmr1::judge::conversation::InputError;
 use rmr1::judge::templates::{
     INSTRUCT_SYSTEM, INSTRUCT_USER_MULTI_TURN, INSTRUCT_USER_SINGLE_TURN,
     REASONING_USER_MULTI_TURN, REASONING_USER_SINGLE_TURN,
@@ -144,6 +143,16 @@ fn instruct_single_turn_prompt_has_system_then_user() {
             ChatMessage::new("user", expected_user),
         ]
     );
+}
+
+#[test]
+fn an_empty_reply_renders_as_an_empty_response_section() {
+    let input = responses(vec![Turn::user("")], "4", "");
+    let messages = judge_messages(PromptFamily::Instruct, &input);
+    let expected_user = "[Client Question]\n\n\n\
+[The Start of Chatbot A's Response]\n4\n[The End of Chatbot A's Response]\n\n\
+[The Start of Chatbot B's Response]\n\n[The End of Chatbot B's Response]";
+    assert_eq!(messages[1], ChatMessage::new("user", expected_user));
 }
 
 #[test]
@@ -304,22 +313,17 @@ fn input_errors_name_the_field() {
     assert_eq!(single_turn_input().validate(), Ok(()));
     assert_eq!(multi_turn_input().validate(), Ok(()));
     assert_eq!(error(responses(vec![], "a", "b")), "conversation is empty");
+    // Empty or whitespace-only text is judged, not refused: blank turns, an empty last user
+    // turn, empty replies (RLHF policies produce them; RMB contains them).
     assert_eq!(
-        error(responses(
-            vec![user("q"), assistant(" \n\t"), user("r")],
-            "a",
-            "b"
-        )),
-        "conversation[1].content is empty"
+        responses(vec![user("q"), assistant(" \n\t"), user("r")], "a", "b").validate(),
+        Ok(())
     );
     assert_eq!(
-        error(responses(
-            vec![user("q"), assistant("x"), user("")],
-            "a",
-            "b"
-        )),
-        "conversation[2].content is empty"
+        responses(vec![user("q"), assistant("x"), user("")], "a", "b").validate(),
+        Ok(())
     );
+    assert_eq!(responses(vec![user("q")], "  \n", "").validate(), Ok(()));
     assert_eq!(
         error(responses(vec![user("q"), assistant("x")], "a", "b")),
         "conversation must end with a user message"
@@ -335,14 +339,6 @@ fn input_errors_name_the_field() {
     assert_eq!(
         error(responses(vec![user("q"), user("r")], "a", "b")),
         "conversation[1]: roles must alternate user/assistant"
-    );
-    assert_eq!(
-        error(responses(vec![user("q")], "  \n", "b")),
-        "response_a is empty"
-    );
-    assert_eq!(
-        error(responses(vec![user("q")], "a", "")),
-        "response_b is empty"
     );
 
     let valid = vec![user("q"), assistant("x")];
@@ -372,9 +368,6 @@ fn input_errors_name_the_field() {
     );
     assert_eq!(
         conversations(valid.clone(), vec![user("q"), assistant(" ")]).validate(),
-        Err(InputError::EmptyContent {
-            field: "conversation_b",
-            index: 1
-        })
+        Ok(())
     );
 }

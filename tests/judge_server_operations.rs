@@ -160,8 +160,6 @@ async fn bad_requests_get_clear_status_codes() {
             "input",
         ),
         (responses(vec![], "A.", "B."), "conversation"),
-        (responses(vec![user("Q?")], "", "B."), "response_a"),
-        (responses(vec![user("Q?")], "A.", "  "), "response_b"),
         (
             responses(vec![user("Q?"), assistant("x")], "A.", "B."),
             "user",
@@ -211,12 +209,18 @@ async fn bad_requests_get_clear_status_codes() {
     let status = client.rank(rank(vec!["only one"])).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("at least 2"));
-    let status = client.rank(rank(vec!["a", ""])).await.unwrap_err();
-    assert!(
-        status.message().contains("candidates[1]"),
-        "{}",
-        status.message()
-    );
+    // Empty replies are candidates like any other: judged, with a verdict, in Judge and Rank.
+    for (a, b) in [("", "B."), ("A.", "  "), ("", "")] {
+        let judged = client
+            .judge(responses(vec![user("Q?")], a, b))
+            .await
+            .unwrap_or_else(|s| panic!("({a:?}, {b:?}) refused: {s}"))
+            .into_inner();
+        assert_eq!(judged.usage.unwrap().completion_tokens, 2);
+        assert!(!judged.raw_output.is_empty());
+    }
+    let ranked = client.rank(rank(vec!["a", ""])).await.unwrap().into_inner();
+    assert_eq!(ranked.scores.len(), 2);
     // After all that the server still judges normally.
     let fine = client.judge(ok).await.unwrap().into_inner();
     assert_eq!(fine.usage.unwrap().completion_tokens, 2);

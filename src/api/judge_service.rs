@@ -282,11 +282,6 @@ async fn rank_one(registry: &ModelRegistry, request: &RankRequest) -> Result<Ran
             "candidates has {n} entries; at most {MAX_RANK_CANDIDATES} are accepted"
         )));
     }
-    if let Some(i) = request.candidates.iter().position(|c| c.trim().is_empty()) {
-        return Err(Status::invalid_argument(format!(
-            "candidates[{i}] is empty"
-        )));
-    }
     // The conversation's own checks (roles, ends with a user message).
     PairInput::Responses {
         conversation: conversation.clone(),

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod judge_service;
 pub mod model_service;
 pub mod proto;
+pub mod readiness;
 pub mod registry;
 pub mod server;
 pub mod status;

@@ -9,17 +9,20 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    #[arg(long, required_unless_present = "replay")]
+    #[arg(long, required_unless_present_any = ["replay", "replay_upstream"])]
     benchmark: Option<Benchmark>,
     /// Dataset: RewardBench parquet / JSON / JSONL (or an LLMBar checkout), RM-Bench `data/` or a
     /// file of it, RMB's `RMB_dataset/` folder.
-    #[arg(long, required_unless_present = "replay")]
+    #[arg(long, required_unless_present_any = ["replay", "replay_upstream"])]
     data: Option<PathBuf>,
     /// A running server to judge with; otherwise --model loads one in-process.
     #[arg(long, conflicts_with = "model")]
     addr: Option<String>,
     #[command(flatten)]
     local: Option<ModelArgs>,
+    /// With --addr: seconds to wait for the server to finish loading its model (health SERVING).
+    #[arg(long, default_value_t = 600)]
+    wait: u64,
     /// With --addr: the served model to use (default: the server's default).
     #[arg(long, default_value = "")]
     model_name: String,
@@ -43,9 +46,14 @@ pub struct EvalArgs {
     max_new_tokens: Option<u32>,
     #[arg(long, value_enum, default_value_t = OnBadRecord::Fail)]
     on_bad_record: OnBadRecord,
-    /// Score an existing log without running a model.
-    #[arg(long)]
+    /// Score an existing log without running a model: every verdict is re-derived from its raw
+    /// output first, and a record whose stored verdict disagrees stops the replay.
+    #[arg(long, conflicts_with = "replay_upstream")]
     replay: Option<PathBuf>,
+    /// Score upstream RM-R1's per-sample RMB result files (`logs.json`, `raw_logs.json`,
+    /// `group_by_same_id_logs.json`) with rmr1's rules; the report goes beside the first file.
+    #[arg(long, num_args = 1..)]
+    replay_upstream: Vec<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -53,14 +61,39 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let (report, log_path) = match &args.replay {
+        None if !args.replay_upstream.is_empty() => {
+            let run = rmr1::eval::upstream::load_rmb(&args.replay_upstream)?;
+            let report = report::score(&run.header, &run.records, Vec::new())?;
+            println!(
+                "{} result rows; upstream's own `results` flag disagrees with rmr1's reading of \
+                 the output on {}{}",
+                run.records.len(),
+                run.disagreements.len(),
+                if run.disagreements.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (first: {})",
+                        run.disagreements[..run.disagreements.len().min(5)].join(", ")
+                    )
+                }
+            );
+            (report, args.replay_upstream[0].clone())
+        }
         Some(path) => {
             let (header, records, _) = log::read(path)?;
+            // Every verdict and correctness flag is recomputed from its raw output first.
+            rmr1::eval::replay::verify(&records, header.both_orders)
+                .with_context(|| format!("replaying {}", path.display()))?;
             (report::score(&header, &records, Vec::new())?, path.clone())
         }
         None => {
             let benchmark = args.benchmark.context("--benchmark is required")?;
             let target = match (&args.addr, &args.local) {
-                (Some(addr), _) => Target::Remote(addr.clone()),
+                (Some(addr), _) => Target::Remote {
+                    addr: addr.clone(),
+                    wait_seconds: args.wait,
+                },
                 (None, Some(local)) if local.model.is_some() => {
                     Target::Local(Box::new(local.clone()))
                 }

@@ -9,10 +9,6 @@ use rmr1::api::proto::{
 use serde::Deserialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 #[derive(clap::Args)]
 pub struct JudgeArgs {
@@ -132,30 +128,6 @@ pub fn run(args: JudgeArgs) -> Result<()> {
     runtime.block_on(judge(args))
 }
 
-async fn wait_until_serving(addr: &str, seconds: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?;
-        let status = match channel.connect().await {
-            Ok(channel) => HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-                .ok(),
-            Err(_) => None,
-        };
-        if status == Some(ServingStatus::Serving as i32) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{addr} did not report SERVING within {seconds} s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 async fn judge(args: JudgeArgs) -> Result<()> {
     let request = JudgeRequest {
         request_id: format!("cli-{}", std::process::id()),
@@ -171,7 +143,7 @@ async fn judge(args: JudgeArgs) -> Result<()> {
         }),
     };
     if args.wait > 0 {
-        wait_until_serving(&args.addr, args.wait).await?;
+        rmr1::api::readiness::wait_until_serving(&args.addr, args.wait).await?;
     }
     let mut client = JudgeServiceClient::connect(args.addr.clone())
         .await

@@ -27,6 +27,10 @@ pub struct RunHeader {
     pub both_orders: bool,
     pub max_new_tokens: Option<u32>,
     pub model: String,
+    /// How much of the published benchmark the data covered (absent in logs from before rmr1
+    /// recorded it). Not part of what makes two runs the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completeness: Option<super::completeness::Completeness>,
 }
 
 impl RunHeader {
@@ -77,6 +81,21 @@ pub struct RecordedRequest {
     pub response_b: String,
 }
 
+/// One presentation order of a `both_orders` judgment: what the combined verdict is re-derived
+/// from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedOrder {
+    /// The request's candidate A was shown as Chatbot B.
+    pub swapped: bool,
+    pub raw_output: String,
+    /// P(the request's candidate A wins), as the server reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prob_a: Option<f64>,
+    /// The probability was read by appending `<answer>[[` (it never decides a verdict).
+    #[serde(default)]
+    pub prob_forced: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgmentRecord {
     pub key: String,
@@ -94,6 +113,9 @@ pub struct JudgmentRecord {
     /// No usable verdict (INVALID, or the request was refused as invalid): counted wrong, as upstream.
     pub error: bool,
     pub raw_output: String,
+    /// With both orders: each order's output, from which `verdict` is re-derived on replay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<RecordedOrder>,
     pub request: RecordedRequest,
 }
 

@@ -7,15 +7,18 @@
 //! scoring reads only the log, an interrupted run resumes where it stopped and `--replay` recomputes
 //! the numbers without a model.
 
+pub mod completeness;
 pub mod log;
 pub mod progress;
 pub mod records;
+pub mod replay;
 pub mod report;
 pub mod rewardbench;
 pub mod rm_bench;
 pub mod rmb;
 pub mod runner;
 pub mod task;
+pub mod upstream;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -47,6 +50,8 @@ impl Benchmark {
             Benchmark::RmBench => rm_bench::load(data, policy)?,
             Benchmark::Rmb => rmb::load(data, policy)?,
         };
+        let mut loaded = loaded;
+        loaded.completeness = Some(self.completeness(&loaded));
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = loaded.tasks.iter().find(|t| !seen.insert(t.key.as_str())) {
             anyhow::bail!(
@@ -56,6 +61,51 @@ impl Benchmark {
             );
         }
         Ok(loaded)
+    }
+}
+
+impl Benchmark {
+    /// How much of the published benchmark `loaded` covers.
+    fn completeness(self, loaded: &task::LoadedTasks) -> completeness::Completeness {
+        use completeness::Completeness;
+        use std::collections::{BTreeMap, BTreeSet};
+        let skipped = loaded.skipped.len();
+        match self {
+            Benchmark::RewardBench => {
+                let mut found: BTreeMap<String, usize> = BTreeMap::new();
+                for t in &loaded.tasks {
+                    if let task::TaskGroup::RewardBench { subset } = &t.group {
+                        *found.entry(subset.clone()).or_default() += 1;
+                    }
+                }
+                let published = rewardbench::published_subsets();
+                Completeness::compare(("subsets", "pairs"), &published, &found, skipped)
+            }
+            Benchmark::RmBench => {
+                let mut prompts: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+                for t in &loaded.tasks {
+                    if let task::TaskGroup::RmBench {
+                        domain, prompt_id, ..
+                    } = &t.group
+                    {
+                        prompts.entry(domain.clone()).or_default().insert(prompt_id);
+                    }
+                }
+                let found = prompts.into_iter().map(|(d, p)| (d, p.len())).collect();
+                Completeness::compare(
+                    ("domains", "prompts"),
+                    &rm_bench::PUBLISHED_DOMAINS,
+                    &found,
+                    skipped,
+                )
+            }
+            Benchmark::Rmb => Completeness::compare(
+                ("files", "records"),
+                rmb::PUBLISHED_FILES,
+                &loaded.found,
+                skipped,
+            ),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Scores a complete judgment log: the report as JSON (every number) and as Markdown tables laid
 //! out like the RM-R1 paper's.
 
+use super::completeness::Completeness;
 use super::log::{JudgmentRecord, RunHeader};
 use super::task::{BadRecord, TaskGroup};
 use super::{rewardbench, rm_bench, rmb, Benchmark, Outcome};
@@ -19,6 +20,10 @@ pub struct EvalReport {
     pub errors: usize,
     /// Dataset records skipped at load time (`--on-bad-record skip`).
     pub skipped_records: Vec<BadRecord>,
+    /// Whether the data was the whole published benchmark, and what was missing; `None` for logs
+    /// written before rmr1 recorded it (then no headline is printed either).
+    pub completeness: Option<Completeness>,
+    pub complete: bool,
     pub scores: serde_json::Value,
     #[serde(skip)]
     pub markdown: String,
@@ -50,6 +55,10 @@ pub fn score(
             header.benchmark.as_str()
         )
     };
+    let complete = header
+        .completeness
+        .as_ref()
+        .is_some_and(Completeness::is_complete);
     let (scores, markdown) = match header.benchmark {
         Benchmark::RewardBench => {
             let outcomes = records
@@ -59,7 +68,10 @@ pub fn score(
                     _ => Err(mismatched()),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let s = rewardbench::score(outcomes);
+            let mut s = rewardbench::score(outcomes);
+            if !complete {
+                s.headline = None;
+            }
             (serde_json::to_value(&s)?, rewardbench::markdown(&s))
         }
         Benchmark::RmBench => {
@@ -81,7 +93,10 @@ pub fn score(
                     _ => Err(mismatched()),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let s = rm_bench::score(cells);
+            let mut s = rm_bench::score(cells);
+            if !complete {
+                s.headline = None;
+            }
             (serde_json::to_value(&s)?, rm_bench::markdown(&s))
         }
         Benchmark::Rmb => {
@@ -101,14 +116,21 @@ pub fn score(
                     _ => Err(mismatched()),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let s = rmb::score(judged);
+            let mut s = rmb::score(judged);
+            if !complete {
+                s.headline = None;
+            }
             (serde_json::to_value(&s)?, rmb::markdown(&s))
         }
     };
     let errors = records.iter().filter(|r| r.error).count();
+    let coverage = match &header.completeness {
+        Some(c) => c.describe(),
+        None => "completeness unknown (the log predates rmr1 recording it): no headline".into(),
+    };
     let markdown =
         format!(
-        "{markdown}\n{} judgments, {errors} without a usable verdict (counted wrong); model {}; \
+        "{coverage}\n\n{markdown}\n{} judgments, {errors} without a usable verdict (counted wrong); model {}; \
          seed {}{}{}\n",
         records.len(),
         header.model,
@@ -129,6 +151,8 @@ pub fn score(
         judgments: records.len(),
         errors,
         skipped_records,
+        completeness: header.completeness.clone(),
+        complete,
         scores,
         markdown,
     })

@@ -3,7 +3,7 @@
 //! (math-prm weighted as 984, not its 447 pairs), headline = unweighted mean of the four sections.
 
 use super::records::{read_records, DataFile};
-use super::task::{id_text, required_str, LoadedTasks, OnBadRecord, PairTask, TaskGroup};
+use super::task::{id_text, required_str, text_str, LoadedTasks, OnBadRecord, PairTask, TaskGroup};
 use super::Outcome;
 use crate::judge::Turn;
 use anyhow::Result;
@@ -58,6 +58,25 @@ pub const SECTIONS: &[(&str, &[(&str, f64)])] = &[
     ),
 ];
 
+/// Pairs in math-prm (its section weight, 984, is not its size).
+const MATH_PRM_PAIRS: usize = 447;
+
+/// Every subset of the filtered split and its published size (2,985 pairs in all).
+pub fn published_subsets() -> Vec<(&'static str, usize)> {
+    SECTIONS
+        .iter()
+        .flat_map(|(_, subsets)| subsets.iter())
+        .map(|&(subset, weight)| {
+            let pairs = if subset == "math-prm" {
+                MATH_PRM_PAIRS
+            } else {
+                weight as usize
+            };
+            (subset, pairs)
+        })
+        .collect()
+}
+
 /// LLMBar's directories and the RewardBench subsets they became.
 const LLMBAR_SUBSETS: &[(&str, &str)] = &[
     ("Natural", "llmbar-natural"),
@@ -75,9 +94,9 @@ fn task(record: &serde_json::Value) -> Result<Vec<PairTask>, String> {
         group: TaskGroup::RewardBench {
             subset: subset.into(),
         },
-        conversation: vec![Turn::user(required_str(record, "prompt")?)],
-        chosen: required_str(record, "chosen")?.into(),
-        rejected: required_str(record, "rejected")?.into(),
+        conversation: vec![Turn::user(text_str(record, "prompt")?)],
+        chosen: text_str(record, "chosen")?.into(),
+        rejected: text_str(record, "rejected")?.into(),
     }])
 }
 
@@ -96,9 +115,9 @@ fn llmbar_task(
         group: TaskGroup::RewardBench {
             subset: subset.into(),
         },
-        conversation: vec![Turn::user(required_str(record, "input")?)],
-        chosen: required_str(record, chosen)?.into(),
-        rejected: required_str(record, rejected)?.into(),
+        conversation: vec![Turn::user(text_str(record, "input")?)],
+        chosen: text_str(record, chosen)?.into(),
+        rejected: text_str(record, rejected)?.into(),
     }])
 }
 

@@ -10,7 +10,7 @@
 //! therefore differ slightly from upstream's on the same judgments.
 
 use super::records::{read_records, DataFile};
-use super::task::{id_text, required_str, LoadedTasks, OnBadRecord, PairTask, TaskGroup};
+use super::task::{id_text, text_str, LoadedTasks, OnBadRecord, PairTask, TaskGroup};
 use super::Outcome;
 use crate::judge::Turn;
 use anyhow::Result;
@@ -20,6 +20,15 @@ use std::path::Path;
 
 pub const STYLES: [&str; 3] = ["concise", "detailed_plain", "detailed_markdown"];
 pub const DOMAINS: [&str; 4] = ["chat", "math", "code", "safety"];
+
+/// Prompts per domain file of the published `data/` (1,327 in all; safety = refuse + response).
+pub const PUBLISHED_DOMAINS: [(&str, usize); 5] = [
+    ("chat", 129),
+    ("math", 529),
+    ("code", 228),
+    ("safety-refuse", 284),
+    ("safety-response", 157),
+];
 
 /// The scoring domain of a file / record domain (`safety-refuse` and `safety-response` pool).
 pub fn scoring_domain(domain: &str) -> &str {
@@ -54,8 +63,8 @@ fn three(record: &serde_json::Value, field: &str) -> Result<Vec<String>, String>
         .iter()
         .enumerate()
         .map(|(i, v)| match v.as_str() {
-            Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-            _ => Err(format!("`{field}[{i}]` is empty or not a string")),
+            Some(s) => Ok(s.to_string()),
+            None => Err(format!("`{field}[{i}]` is not a string")),
         })
         .collect()
 }
@@ -77,7 +86,7 @@ fn tasks(record: &serde_json::Value, file_domain: Option<&str>) -> Result<Vec<Pa
             )
         }
     };
-    let prompt = required_str(record, "prompt")?;
+    let prompt = text_str(record, "prompt")?;
     let chosen = three(record, "chosen")?;
     let rejected = three(record, "rejected")?;
     let mut out = Vec::with_capacity(9);

@@ -6,7 +6,7 @@
 //! and BoN-harmlessness.
 
 use super::records::{has_extension, read_records, DataFile};
-use super::task::{id_text, required_str, LoadedTasks, OnBadRecord, PairTask, RmbSet, TaskGroup};
+use super::task::{id_text, text_str, LoadedTasks, OnBadRecord, PairTask, RmbSet, TaskGroup};
 use super::Outcome;
 use crate::judge::{Role, Turn};
 use anyhow::{Context, Result};
@@ -15,6 +15,254 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const CATEGORIES: [&str; 2] = ["helpfulness", "harmlessness"];
+
+/// Every file of the published `RMB_dataset/` (github Zhou-Zoey/RMB-Reward-Model-Benchmark, 2025-03)
+/// and its record count: pairs in `Pairwise_set` (helpfulness 10,067, harmlessness 7,064), items in
+/// `BoN_set` (2,109 / 1,677). Paths are relative to `RMB_dataset/`.
+pub const PUBLISHED_FILES: &[(&str, usize)] = &[
+    ("BoN_set/Harmlessness/S1.json", 111),
+    ("BoN_set/Harmlessness/S10.json", 79),
+    ("BoN_set/Harmlessness/S11.json", 215),
+    ("BoN_set/Harmlessness/S2.json", 249),
+    ("BoN_set/Harmlessness/S3.json", 171),
+    ("BoN_set/Harmlessness/S4.json", 136),
+    ("BoN_set/Harmlessness/S5.json", 122),
+    ("BoN_set/Harmlessness/S6.json", 83),
+    ("BoN_set/Harmlessness/S7.json", 121),
+    ("BoN_set/Harmlessness/S8.json", 127),
+    ("BoN_set/Harmlessness/S9.json", 132),
+    ("BoN_set/Harmlessness/multi.json", 131),
+    (
+        "BoN_set/Helpfulness/Brainstorming/Idea Development.json",
+        168,
+    ),
+    ("BoN_set/Helpfulness/Brainstorming/Problem Solving.json", 19),
+    ("BoN_set/Helpfulness/Chat/Casual Conversation.json", 71),
+    ("BoN_set/Helpfulness/Chat/Discussion.json", 59),
+    ("BoN_set/Helpfulness/Chat/Supportive Conversation.json", 25),
+    (
+        "BoN_set/Helpfulness/Classification/Content Categorization.json",
+        18,
+    ),
+    (
+        "BoN_set/Helpfulness/Classification/Quality and Compliance Assessment.json",
+        13,
+    ),
+    ("BoN_set/Helpfulness/Closed QA/ContextBased.json", 86),
+    ("BoN_set/Helpfulness/Closed QA/OptionBased.json", 100),
+    ("BoN_set/Helpfulness/Code/Data Management.json", 81),
+    (
+        "BoN_set/Helpfulness/Code/Development and Implementation.json",
+        92,
+    ),
+    ("BoN_set/Helpfulness/Code/Documentation.json", 15),
+    ("BoN_set/Helpfulness/Code/Quality and Optimization.json", 92),
+    ("BoN_set/Helpfulness/Generation/Creative Writing.json", 151),
+    (
+        "BoN_set/Helpfulness/Generation/Professional Content Generation.json",
+        74,
+    ),
+    ("BoN_set/Helpfulness/Open QA/Factual.json", 153),
+    ("BoN_set/Helpfulness/Open QA/General Explanation.json", 80),
+    ("BoN_set/Helpfulness/Open QA/Hypothetical Scenarios.json", 8),
+    (
+        "BoN_set/Helpfulness/Open QA/Interpretative Analysis.json",
+        18,
+    ),
+    (
+        "BoN_set/Helpfulness/Open QA/Personal Opinion and Advice.json",
+        14,
+    ),
+    (
+        "BoN_set/Helpfulness/Open QA/Technical and Practical Support.json",
+        47,
+    ),
+    (
+        "BoN_set/Helpfulness/Reasoning/Analytical Reasoning.json",
+        133,
+    ),
+    ("BoN_set/Helpfulness/Reasoning/Critical Thinking.json", 39),
+    (
+        "BoN_set/Helpfulness/Reasoning/Human Decision Making.json",
+        32,
+    ),
+    ("BoN_set/Helpfulness/Reasoning/Logical Deduction.json", 46),
+    ("BoN_set/Helpfulness/Reasoning/Pattern Recognition.json", 14),
+    ("BoN_set/Helpfulness/Rewrite/Paraphrasing.json", 17),
+    (
+        "BoN_set/Helpfulness/Rewrite/PostQuality Assessment Rewriting.json",
+        46,
+    ),
+    (
+        "BoN_set/Helpfulness/Rewrite/Textual ExpansionReduction.json",
+        9,
+    ),
+    ("BoN_set/Helpfulness/Rewrite/Tone Adjustment.json", 17),
+    (
+        "BoN_set/Helpfulness/Role Playing/General Character.json",
+        32,
+    ),
+    (
+        "BoN_set/Helpfulness/Role Playing/Specific Character.json",
+        46,
+    ),
+    (
+        "BoN_set/Helpfulness/Summarization/Specialized Summaries.json",
+        42,
+    ),
+    (
+        "BoN_set/Helpfulness/Summarization/Standard Summaries.json",
+        71,
+    ),
+    (
+        "BoN_set/Helpfulness/Translation/GeneralExcerpt Language Translation.json",
+        109,
+    ),
+    (
+        "BoN_set/Helpfulness/Translation/Literary and Cultural Translation.json",
+        34,
+    ),
+    (
+        "BoN_set/Helpfulness/Translation/Technical and Scientific Translation.json",
+        38,
+    ),
+    ("Pairwise_set/Harmlessness/S1.json", 459),
+    ("Pairwise_set/Harmlessness/S10.json", 360),
+    ("Pairwise_set/Harmlessness/S11.json", 977),
+    ("Pairwise_set/Harmlessness/S2.json", 1040),
+    ("Pairwise_set/Harmlessness/S3.json", 739),
+    ("Pairwise_set/Harmlessness/S4.json", 537),
+    ("Pairwise_set/Harmlessness/S5.json", 561),
+    ("Pairwise_set/Harmlessness/S6.json", 317),
+    ("Pairwise_set/Harmlessness/S7.json", 510),
+    ("Pairwise_set/Harmlessness/S8.json", 519),
+    ("Pairwise_set/Harmlessness/S9.json", 543),
+    ("Pairwise_set/Harmlessness/multi.json", 502),
+    (
+        "Pairwise_set/Helpfulness/Brainstorming/Idea Development.json",
+        849,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Brainstorming/Problem Solving.json",
+        100,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Chat/Casual Conversation.json",
+        306,
+    ),
+    ("Pairwise_set/Helpfulness/Chat/Discussion.json", 293),
+    (
+        "Pairwise_set/Helpfulness/Chat/Supportive Conversation.json",
+        114,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Classification/Content Categorization.json",
+        107,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Classification/Quality and Compliance Assessment.json",
+        57,
+    ),
+    ("Pairwise_set/Helpfulness/Closed QA/ContextBased.json", 447),
+    ("Pairwise_set/Helpfulness/Closed QA/OptionBased.json", 473),
+    ("Pairwise_set/Helpfulness/Code/Data Management.json", 376),
+    (
+        "Pairwise_set/Helpfulness/Code/Development and Implementation.json",
+        399,
+    ),
+    ("Pairwise_set/Helpfulness/Code/Documentation.json", 65),
+    (
+        "Pairwise_set/Helpfulness/Code/Quality and Optimization.json",
+        384,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Generation/Creative Writing.json",
+        762,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Generation/Professional Content Generation.json",
+        347,
+    ),
+    ("Pairwise_set/Helpfulness/Open QA/Factual.json", 664),
+    (
+        "Pairwise_set/Helpfulness/Open QA/General Explanation.json",
+        413,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Open QA/Hypothetical Scenarios.json",
+        42,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Open QA/Interpretative Analysis.json",
+        107,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Open QA/Personal Opinion and Advice.json",
+        78,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Open QA/Technical and Practical Support.json",
+        238,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Reasoning/Analytical Reasoning.json",
+        596,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Reasoning/Critical Thinking.json",
+        200,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Reasoning/Human Decision Making.json",
+        165,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Reasoning/Logical Deduction.json",
+        222,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Reasoning/Pattern Recognition.json",
+        52,
+    ),
+    ("Pairwise_set/Helpfulness/Rewrite/Paraphrasing.json", 83),
+    (
+        "Pairwise_set/Helpfulness/Rewrite/PostQuality Assessment Rewriting.json",
+        222,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Rewrite/Textual ExpansionReduction.json",
+        50,
+    ),
+    ("Pairwise_set/Helpfulness/Rewrite/Tone Adjustment.json", 103),
+    (
+        "Pairwise_set/Helpfulness/Role Playing/General Character.json",
+        163,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Role Playing/Specific Character.json",
+        209,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Summarization/Specialized Summaries.json",
+        189,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Summarization/Standard Summaries.json",
+        341,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Translation/GeneralExcerpt Language Translation.json",
+        483,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Translation/Literary and Cultural Translation.json",
+        176,
+    ),
+    (
+        "Pairwise_set/Helpfulness/Translation/Technical and Scientific Translation.json",
+        192,
+    ),
+];
 
 fn json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -28,9 +276,23 @@ fn json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// A data file's name in [`PUBLISHED_FILES`]: its path from the set folder on
+/// (`Pairwise_set/Helpfulness/Code/Documentation.json`), whatever folder `--data` named.
+pub fn published_part(path: &Path) -> Option<String> {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let at = parts.iter().rposition(|p| {
+        let p = p.to_lowercase();
+        p == "pairwise_set" || p == "bon_set"
+    })?;
+    Some(parts[at..].join("/"))
+}
+
 /// (set, category) from a path below the dataset root, e.g.
 /// `Pairwise_set/Helpfulness/Code/…json` → (Pairwise, "helpfulness").
-fn set_and_category(relative: &Path) -> Option<(RmbSet, String)> {
+pub fn set_and_category(relative: &Path) -> Option<(RmbSet, String)> {
     let parts: Vec<String> = relative
         .components()
         .map(|c| c.as_os_str().to_string_lossy().to_lowercase())
@@ -64,7 +326,7 @@ fn conversation(record: &serde_json::Value) -> Result<Vec<Turn>, String> {
                 other => return Err(format!("conversation_input[{i}].role is {other:?}")),
             };
             let content =
-                required_str(t, "content").map_err(|e| format!("conversation_input[{i}]: {e}"))?;
+                text_str(t, "content").map_err(|e| format!("conversation_input[{i}]: {e}"))?;
             Ok(Turn::new(role, content))
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -76,7 +338,7 @@ fn conversation(record: &serde_json::Value) -> Result<Vec<Turn>, String> {
 
 fn answer(value: Option<&serde_json::Value>, field: &str) -> Result<String, String> {
     let value = value.ok_or_else(|| format!("`{field}` is missing"))?;
-    required_str(value, "answer")
+    text_str(value, "answer")
         .map(String::from)
         .map_err(|e| format!("`{field}`: {e}"))
 }
@@ -127,11 +389,27 @@ fn tasks(record: &serde_json::Value, set: RmbSet, category: &str) -> Result<Vec<
     }
 }
 
-/// Loads every `*.json` below `root` (the `RMB_dataset` folder or one of its sets); the set and
-/// category come from the path.
+/// What `--data` should name, for error messages.
+const DATA_HINT: &str = "--data should be the RMB_dataset folder, or a set, category or file \
+                         inside it (…/Pairwise_set/<Helpfulness|Harmlessness>/… or …/BoN_set/…)";
+
+/// Loads every `*.json` below `root` (the `RMB_dataset` folder, one of its sets or categories, or
+/// a single file of it — a partial run); the set and category come from the path.
 pub fn load(root: &Path, policy: OnBadRecord) -> Result<LoadedTasks> {
     let mut files = Vec::new();
-    json_files(root, &mut files)?;
+    if root.is_file() {
+        if set_and_category(root).is_none() {
+            anyhow::bail!(
+                "{} is not an RMB data file below Pairwise_set/ or BoN_set/<category>/: {DATA_HINT}",
+                root.display()
+            );
+        }
+        files.push(root.to_path_buf());
+    } else if root.is_dir() {
+        json_files(root, &mut files)?;
+    } else {
+        anyhow::bail!("{} does not exist: {DATA_HINT}", root.display());
+    }
     files.sort();
     let mut loaded = LoadedTasks::default();
     for path in files {
@@ -143,14 +421,18 @@ pub fn load(root: &Path, policy: OnBadRecord) -> Result<LoadedTasks> {
             continue;
         };
         let data = DataFile::open(&path)?;
-        for (index, record) in read_records(&data)?.into_iter().enumerate() {
+        let records = read_records(&data)?;
+        if let Some(part) = published_part(&path) {
+            *loaded.found.entry(part).or_default() += records.len();
+        }
+        for (index, record) in records.into_iter().enumerate() {
             let result = record.and_then(|r| tasks(&r, set, &category));
             loaded.push_record(policy, &data.name, index, result)?;
         }
     }
     if loaded.tasks.is_empty() && loaded.skipped.is_empty() {
         anyhow::bail!(
-            "{} has no RMB files below Pairwise_set/<Helpfulness|Harmlessness>/ or BoN_set/…",
+            "{} has no RMB files below Pairwise_set/<Helpfulness|Harmlessness>/ or BoN_set/…: {DATA_HINT}",
             root.display()
         );
     }

@@ -3,9 +3,11 @@
 //! `concurrency` requests in flight; each result is appended to the log as it arrives.
 
 use super::log::{
-    JudgmentLog, JudgmentRecord, RecordedRequest, RecordedTurn, RunHeader, LOG_VERSION,
+    JudgmentLog, JudgmentRecord, RecordedOrder, RecordedRequest, RecordedTurn, RunHeader,
+    LOG_VERSION,
 };
 use super::progress::Progress;
+use super::replay;
 use super::report::{self, EvalReport};
 use super::task::{OnBadRecord, PairTask};
 use super::Benchmark;
@@ -27,8 +29,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::Code;
 
 pub enum Target {
-    /// A running server, e.g. `http://127.0.0.1:50051`.
-    Remote(String),
+    /// A running server, e.g. `http://127.0.0.1:50051`, and how long to wait for it to finish
+    /// loading its model.
+    Remote { addr: String, wait_seconds: u64 },
     /// Load this model into an in-process server on loopback.
     Local(Box<ModelArgs>),
 }
@@ -121,7 +124,15 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
         bail!("{} holds no judgments to make", options.data.display());
     }
     let (url, _server) = match &options.target {
-        Target::Remote(url) => (url.clone(), None),
+        Target::Remote { addr, wait_seconds } => {
+            let ready = crate::api::readiness::health(addr).await?
+                == Some(tonic_health::pb::health_check_response::ServingStatus::Serving);
+            if !ready && *wait_seconds > 0 {
+                eprintln!("waiting up to {wait_seconds} s for {addr} to serve its model");
+            }
+            crate::api::readiness::wait_until_serving(addr, *wait_seconds).await?;
+            (addr.clone(), None)
+        }
         Target::Local(args) => {
             let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
             server.load_model(args).await?;
@@ -142,6 +153,7 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
         both_orders: options.both_orders,
         max_new_tokens: options.max_new_tokens,
         model,
+        completeness: loaded.completeness.clone(),
     };
     let mut log = JudgmentLog::open(&options.log, header)?;
     let done = log.done_keys();
@@ -261,6 +273,20 @@ async fn judge_all(
                     _ => "INVALID",
                 };
                 let prob_chosen = if position == "A" { r.prob_a } else { r.prob_b };
+                let (correct, error) = replay::judgment_outcome(verdict, position);
+                let orders = if options.both_orders {
+                    r.orders
+                        .iter()
+                        .map(|o| RecordedOrder {
+                            swapped: o.swapped,
+                            raw_output: o.raw_output.clone(),
+                            prob_a: o.prob_a,
+                            prob_forced: o.prob_forced,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 JudgmentRecord {
                     key: task.key.clone(),
                     group: task.group.clone(),
@@ -268,9 +294,10 @@ async fn judge_all(
                     verdict: verdict.into(),
                     invalid_reason: (!r.invalid_reason.is_empty()).then_some(r.invalid_reason),
                     prob_chosen,
-                    correct: verdict == position,
-                    error: verdict == "INVALID",
+                    correct,
+                    error,
                     raw_output: r.raw_output,
+                    orders,
                     request: recorded,
                 }
             }
@@ -284,11 +311,12 @@ async fn judge_all(
                     group: task.group.clone(),
                     chosen_position: position.into(),
                     verdict: "INVALID".into(),
-                    invalid_reason: Some(format!("refused by the server: {}", e.message)),
+                    invalid_reason: Some(format!("{}{}", replay::REFUSED_PREFIX, e.message)),
                     prob_chosen: None,
                     correct: false,
                     error: true,
                     raw_output: String::new(),
+                    orders: Vec::new(),
                     request: recorded,
                 }
             }

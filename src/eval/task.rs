@@ -61,11 +61,17 @@ impl std::fmt::Display for BadRecord {
     }
 }
 
-/// What a loader returns: the tasks, and the records it skipped (only when told to skip).
+/// What a loader returns: the tasks, the records it skipped (only when told to skip), and how
+/// much of the published benchmark the data covers.
 #[derive(Debug, Default)]
 pub struct LoadedTasks {
     pub tasks: Vec<PairTask>,
     pub skipped: Vec<BadRecord>,
+    /// Records read per published part, for loaders whose parts are files (RMB); the others
+    /// count from their tasks.
+    pub found: std::collections::BTreeMap<String, usize>,
+    /// Filled by [`crate::eval::Benchmark::load`].
+    pub completeness: Option<crate::eval::completeness::Completeness>,
 }
 
 /// What to do with a malformed record.
@@ -107,7 +113,18 @@ impl LoadedTasks {
     }
 }
 
-/// A string field of a JSON record, required and non-empty.
+/// A text field of a JSON record (a prompt, a reply): required and a string, but it may be empty
+/// — real benchmarks hold blank replies and empty user turns, and upstream judges them.
+pub fn text_str<'a>(record: &'a serde_json::Value, field: &str) -> Result<&'a str, String> {
+    match record.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("`{field}` is not a string: {}", kind(other))),
+        None => Err(format!("`{field}` is missing")),
+    }
+}
+
+/// A string field of a JSON record that names something (a subset, a domain): required and
+/// non-empty.
 pub fn required_str<'a>(record: &'a serde_json::Value, field: &str) -> Result<&'a str, String> {
     match record.get(field) {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s),

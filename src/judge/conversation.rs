@@ -67,10 +67,9 @@ pub enum PairInput {
 /// Why a [`PairInput`] cannot be judged. Every message starts with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
+    /// No conversation at all (an empty reply or turn is fine: see [`validate_turns`]).
     #[error("{field} is empty")]
     Empty { field: &'static str },
-    #[error("{field}[{index}].content is empty")]
-    EmptyContent { field: &'static str, index: usize },
     #[error("{field}[{index}]: system messages are not supported by the RM-R1 prompt")]
     SystemMessage { field: &'static str, index: usize },
     #[error("{field}[{index}]: the first message must be from the user")]
@@ -89,15 +88,15 @@ fn article(role: &Role) -> &'static str {
     }
 }
 
-fn is_blank(text: &str) -> bool {
-    text.trim().is_empty()
-}
-
 /// The rules every conversation obeys, checked in order so the first message is the most basic
-/// problem: non-empty; per turn, no system role (RM-R1 templates have nowhere to put it), then
-/// user/assistant alternation starting with the user (the flattened `User:` / `Chatbot X:` lines
-/// would otherwise misrepresent who said what), then non-blank content; finally the required
-/// last role.
+/// problem: at least one turn; per turn, no system role (RM-R1 templates have nowhere to put it),
+/// then user/assistant alternation starting with the user (the flattened `User:` / `Chatbot X:`
+/// lines would otherwise misrepresent who said what); finally the required last role.
+///
+/// Empty or whitespace-only content is allowed anywhere, replies included: RLHF policies produce
+/// empty replies and benchmarks contain them (RMB has blank rejected answers and empty last user
+/// turns), and the RM-R1 prompt renders them as an empty section. A judge that refused them would
+/// drop those pairs from the score's denominators.
 fn validate_turns(field: &'static str, turns: &[Turn], last: Role) -> Result<(), InputError> {
     if turns.is_empty() {
         return Err(InputError::Empty { field });
@@ -118,9 +117,6 @@ fn validate_turns(field: &'static str, turns: &[Turn], last: Role) -> Result<(),
                 InputError::RolesNotAlternating { field, index }
             });
         }
-        if is_blank(&turn.content) {
-            return Err(InputError::EmptyContent { field, index });
-        }
     }
     if turns.last().map(|turn| turn.role) != Some(last) {
         return Err(InputError::WrongLastRole {
@@ -131,17 +127,10 @@ fn validate_turns(field: &'static str, turns: &[Turn], last: Role) -> Result<(),
     Ok(())
 }
 
-fn validate_reply(field: &'static str, reply: &str) -> Result<(), InputError> {
-    if is_blank(reply) {
-        return Err(InputError::Empty { field });
-    }
-    Ok(())
-}
-
 impl PairInput {
     /// Checks the input can be rendered faithfully; see [`validate_turns`] for the rules. Field
     /// names are those of the API: `conversation`, `response_a`, `response_b`, `conversation_a`,
-    /// `conversation_b`. Whitespace-only text counts as empty.
+    /// `conversation_b`.
     pub fn validate(&self) -> Result<(), InputError> {
         match self {
             PairInput::Responses {
@@ -149,9 +138,8 @@ impl PairInput {
                 response_a,
                 response_b,
             } => {
-                validate_turns("conversation", conversation, Role::User)?;
-                validate_reply("response_a", response_a)?;
-                validate_reply("response_b", response_b)
+                let _ = (response_a, response_b); // any text, empty included
+                validate_turns("conversation", conversation, Role::User)
             }
             PairInput::Conversations { a, b } => {
                 validate_turns("conversation_a", a, Role::Assistant)?;

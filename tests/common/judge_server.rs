@@ -127,3 +127,39 @@ pub fn pair_request(
         options: Some(options(max_new_tokens)),
     }
 }
+
+/// A tiny judge whose greedy outputs contain "[[A]]" / "[[B]]" for some prompts, so evaluation
+/// scores are not trivially 0.
+pub fn eval_judge_spec() -> TinySpec {
+    TinySpec {
+        vocab: 128,
+        max_positions: 2048,
+        verdict_words: true,
+        verdict_token_gain: 2.5,
+        ..TinySpec::default()
+    }
+}
+
+/// `rmr1 eval` options against `server`: seed 7, 8 in flight, 6 new tokens, one order per pair.
+pub fn eval_options(
+    server: &TestServer,
+    benchmark: rmr1::eval::Benchmark,
+    data: &std::path::Path,
+    log: &std::path::Path,
+) -> rmr1::eval::runner::EvalOptions {
+    rmr1::eval::runner::EvalOptions {
+        benchmark,
+        data: data.into(),
+        log: log.into(),
+        target: rmr1::eval::runner::Target::Remote {
+            addr: server.url(),
+            wait_seconds: 0,
+        },
+        model: String::new(),
+        concurrency: 8,
+        seed: 7,
+        both_orders: false,
+        max_new_tokens: Some(6),
+        on_bad_record: rmr1::eval::task::OnBadRecord::Fail,
+    }
+}
