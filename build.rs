@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rmr1/v1/training.proto",
     ];
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL (see src/api/codec.rs).
+        .codec_path("crate::api::codec::ValidatingCodec")
         .file_descriptor_set_path(out_dir.join("rmr1_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     for proto in protos {

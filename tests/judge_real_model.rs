@@ -8,8 +8,6 @@ use common::judge_server::pair_request;
 use rmr1::api::proto::judge_service_client::JudgeServiceClient;
 use rmr1::api::proto::Verdict;
 use rmr1::api::GrpcServer;
-use rmr1::engine::EngineConfig;
-use rmr1::judge::judge_model::{JudgeModel, JudgeModelOptions};
 use rmr1::judge::templates::{INSTRUCT_SYSTEM, INSTRUCT_USER_SINGLE_TURN};
 use rmr1::judge::{fill_template, judge_messages, PairInput, PromptFamily, Turn};
 
@@ -23,18 +21,7 @@ async fn real_model_renders_chatml_exactly_and_judges_over_grpc() {
         return;
     };
     let gguf = dir.join("model.gguf");
-    let model = JudgeModel::load(
-        gguf.to_str().unwrap(),
-        &JudgeModelOptions {
-            family: Some(PromptFamily::Instruct),
-            engine: EngineConfig {
-                kv_cache_bytes: 256 << 20,
-                ..EngineConfig::default()
-            },
-            ..JudgeModelOptions::default()
-        },
-    )
-    .unwrap();
+    let model = common::judge_server::load_gguf_judge(&gguf);
 
     // The instruct family in Qwen ChatML, spelled out independently of our prompt builder.
     let user = fill_template(

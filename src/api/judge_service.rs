@@ -202,6 +202,10 @@ fn batch_error(request_id: String, status: Status) -> JudgeBatchResult {
 
 /// Reads requests while fewer than [`MAX_BATCH_IN_FLIGHT`] run, judges each in its own task and
 /// sends results as they complete. Returns (aborting every judgment) when the client goes away.
+///
+/// A request that cannot be read (bytes that do not decode) stops the reading, since nothing after
+/// it can be trusted to be framed as the client meant: the judgments already accepted are finished
+/// and sent, then the stream ends with a non-OK status that says so — never OK with results lost.
 async fn run_batch(
     registry: Arc<ModelRegistry>,
     mut inbound: Streaming<JudgeRequest>,
@@ -210,6 +214,8 @@ async fn run_batch(
     let mut running: JoinSet<String> = JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut inbound_open = true;
+    let mut accepted = 0usize;
+    let mut broken: Option<Status> = None;
     while inbound_open || !running.is_empty() {
         tokio::select! {
             _ = tx.closed() => return,
@@ -226,10 +232,13 @@ async fn run_batch(
                     }
                     Some(Err(status)) => {
                         tracing::info!(%status, "batch stream broken by the client");
-                        return;
+                        inbound_open = false;
+                        broken = Some(status);
+                        continue;
                     }
                     Some(Ok(request)) => request,
                 };
+                accepted += 1;
                 let id = request.request_id.clone();
                 if id.is_empty() {
                     let status = Status::invalid_argument("request_id is required in JudgeBatch");
@@ -265,6 +274,20 @@ async fn run_batch(
                 );
             }
         }
+    }
+    if let Some(status) = broken {
+        let message = format!(
+            "JudgeBatch stopped reading after {accepted} requests: message {} could not be read \
+             ({}); the {accepted} accepted requests were answered, nothing after it was judged",
+            accepted + 1,
+            status.message()
+        );
+        let code = match status.code() {
+            tonic::Code::InvalidArgument => tonic::Code::InvalidArgument,
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => status.code(),
+            _ => tonic::Code::Aborted,
+        };
+        let _ = tx.send(Err(Status::new(code, message))).await;
     }
 }
 

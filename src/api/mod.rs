@@ -1,6 +1,7 @@
 //! gRPC services only: request validation, status codes, streaming. No tensors; judgments come
 //! from `crate::judge`, training jobs from `crate::train::jobs`.
 
+pub mod codec;
 pub mod convert;
 pub mod judge_service;
 pub mod model_service;
@@ -13,4 +14,4 @@ pub mod training_convert;
 pub mod training_service;
 
 pub use crate::train::TrainingConfig;
-pub use server::GrpcServer;
+pub use server::{GrpcServer, ServerOptions};

@@ -26,8 +26,39 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-/// Largest request or response message (long conversations, raw outputs with 50k tokens).
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest response message (raw outputs with 50k tokens, both orders).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Connection-level limits of the gRPC server (HTTP/2 and message sizes). Plain data: the CLI maps
+/// its flags onto it, tests and embedders build it directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerOptions {
+    /// Largest request message. A judge request is two replies and a conversation; anything larger
+    /// is refused (RESOURCE_EXHAUSTED) before it is decoded, let alone tokenized.
+    pub max_request_bytes: usize,
+    /// Streams a client may reset before the server accepted them, per connection, before the
+    /// HTTP/2 layer answers with GOAWAY. h2's default (20) lets one burst of short client deadlines
+    /// kill every call sharing the connection; rapid-reset floods are still bounded.
+    pub http2_max_pending_reset_streams: usize,
+    /// Ping an idle connection this often, and drop it when a ping goes unanswered for
+    /// `http2_keepalive_timeout`: dead peers do not hold connections (and file descriptors).
+    pub http2_keepalive_interval: std::time::Duration,
+    pub http2_keepalive_timeout: std::time::Duration,
+    /// Concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 << 20,
+            http2_max_pending_reset_streams: 1024,
+            http2_keepalive_interval: std::time::Duration::from_secs(30),
+            http2_keepalive_timeout: std::time::Duration::from_secs(20),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
 
 pub struct GrpcServer {
     local_addr: SocketAddr,
@@ -48,6 +79,15 @@ impl GrpcServer {
     /// opened (jobs a previous process left running are queued again) and its runner started
     /// before the port is bound.
     pub async fn start_with(addr: SocketAddr, training: Option<TrainingConfig>) -> Result<Self> {
+        Self::start_with_options(addr, training, ServerOptions::default()).await
+    }
+
+    /// [`Self::start_with`] under `options`.
+    pub async fn start_with_options(
+        addr: SocketAddr,
+        training: Option<TrainingConfig>,
+        options: ServerOptions,
+    ) -> Result<Self> {
         let training = match training {
             Some(config) => Some(Arc::new(
                 tokio::task::spawn_blocking(move || TrainJobs::open(config))
@@ -84,8 +124,8 @@ impl GrpcServer {
         let judge = JudgeServiceServer::new(JudgeApi {
             registry: registry.clone(),
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(options.max_request_bytes)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let models = ModelServiceServer::new(ModelApi {
             registry: registry.clone(),
         });
@@ -99,6 +139,10 @@ impl GrpcServer {
         }
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
+            .http2_max_pending_accept_reset_streams(Some(options.http2_max_pending_reset_streams))
+            .http2_keepalive_interval(Some(options.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
+            .max_concurrent_streams(options.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

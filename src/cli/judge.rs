@@ -170,7 +170,40 @@ async fn judge(args: JudgeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `text` with every line after the first indented to the value column.
+fn field(label: &str, text: &str) {
+    let mut lines = text.trim().lines();
+    println!("{label:<12}{}", lines.next().unwrap_or(""));
+    for line in lines {
+        println!("{:<12}{line}", "");
+    }
+}
+
+/// The judgment as a user reads it: what kind of task the judge saw, its rubric or its own
+/// solution, the evaluation, the verdict with its probabilities, and what it cost.
 fn print_summary(r: &JudgeResponse) {
+    let task = match r.task_type() {
+        TaskType::Chat => "chat",
+        TaskType::Reasoning => "reasoning",
+        TaskType::Unspecified => "not stated",
+    };
+    println!("task type:  {task}");
+    for (i, item) in r.rubric.iter().enumerate() {
+        let label = format!("rubric {}:", i + 1);
+        match item.weight_percent {
+            Some(w) => field(&label, &format!("({w}%) {}", item.text)),
+            None => field(&label, &item.text),
+        }
+    }
+    if !r.justification.trim().is_empty() {
+        field("why:", &r.justification);
+    }
+    if !r.solution.trim().is_empty() {
+        field("solution:", &r.solution);
+    }
+    if !r.evaluation.trim().is_empty() {
+        field("evaluation:", &r.evaluation);
+    }
     let verdict = match r.verdict() {
         Verdict::A => "A".to_string(),
         Verdict::B => "B".to_string(),
@@ -179,18 +212,6 @@ fn print_summary(r: &JudgeResponse) {
     println!("verdict:    {verdict}");
     if let (Some(a), Some(b)) = (r.prob_a, r.prob_b) {
         println!("P(A), P(B): {a:.4}, {b:.4}");
-    }
-    let task = match r.task_type() {
-        TaskType::Chat => "chat",
-        TaskType::Reasoning => "reasoning",
-        TaskType::Unspecified => "not stated",
-    };
-    println!("task type:  {task}");
-    for (i, item) in r.rubric.iter().enumerate() {
-        match item.weight_percent {
-            Some(w) => println!("rubric {}:   ({w}%) {}", i + 1, item.text),
-            None => println!("rubric {}:   {}", i + 1, item.text),
-        }
     }
     if r.orders.len() > 1 {
         for o in &r.orders {

@@ -2,7 +2,7 @@
 //! `--data-dir` and `--train-roots`, training jobs are served beside the judge.
 
 use anyhow::{Context, Result};
-use rmr1::api::{GrpcServer, TrainingConfig};
+use rmr1::api::{GrpcServer, ServerOptions, TrainingConfig};
 use rmr1::serving_args::ModelArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,16 @@ pub struct ServeArgs {
     /// relative paths in job specs resolve against the first.
     #[arg(long, value_delimiter = ',', requires = "data_dir")]
     train_roots: Vec<PathBuf>,
+    /// Largest request message, MiB; larger ones are refused before they are decoded.
+    #[arg(long, default_value_t = 16)]
+    max_request_mib: usize,
+    /// Streams a client may reset before the server accepts them, per connection, before the
+    /// connection is closed (GOAWAY). Bursts of short client deadlines need room here.
+    #[arg(long, default_value_t = 1024)]
+    http2_max_pending_resets: usize,
+    /// Seconds between HTTP/2 keepalive pings on a connection; a ping unanswered for 20 s closes it.
+    #[arg(long, default_value_t = 30)]
+    http2_keepalive_secs: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -58,7 +68,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let with_training = training.is_some();
-    let server = GrpcServer::start_with(args.listen, training).await?;
+    let options = ServerOptions {
+        max_request_bytes: args.max_request_mib << 20,
+        http2_max_pending_reset_streams: args.http2_max_pending_resets,
+        http2_keepalive_interval: std::time::Duration::from_secs(args.http2_keepalive_secs.max(1)),
+        ..ServerOptions::default()
+    };
+    let server = GrpcServer::start_with_options(args.listen, training, options).await?;
     server.load_model(&args.model).await?;
     eprintln!(
         "rmr1 serving on {} (gRPC: rmr1.v1.JudgeService, rmr1.v1.ModelService{}, health, \

@@ -66,15 +66,40 @@ pub fn load_tiny_judge_as(
     .unwrap()
 }
 
+/// A real GGUF model as an instruct-family judge with a 256 MiB KV cache.
+pub fn load_gguf_judge(gguf: &std::path::Path) -> JudgeModel {
+    JudgeModel::load(
+        gguf.to_str().unwrap(),
+        &JudgeModelOptions {
+            family: Some(PromptFamily::Instruct),
+            engine: EngineConfig {
+                kv_cache_bytes: 256 << 20,
+                ..EngineConfig::default()
+            },
+            ..JudgeModelOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Starts a server with no model, then adds the tiny judge.
 pub async fn start(engine: EngineConfig) -> TestServer {
     start_with(&tiny_judge_spec(), engine).await
 }
 
 pub async fn start_with(spec: &TinySpec, engine: EngineConfig) -> TestServer {
+    start_configured(spec, engine, rmr1::api::ServerOptions::default()).await
+}
+
+/// [`start_with`] under the given connection limits.
+pub async fn start_configured(
+    spec: &TinySpec,
+    engine: EngineConfig,
+    options: rmr1::api::ServerOptions,
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = write_tiny_model(dir.path(), spec);
-    let server = GrpcServer::start("127.0.0.1:0".parse().unwrap())
+    let server = GrpcServer::start_with_options("127.0.0.1:0".parse().unwrap(), None, options)
         .await
         .unwrap();
     let model = load_tiny_judge(&model_dir, engine);

@@ -378,6 +378,25 @@ pub fn real_model_dir() -> Option<PathBuf> {
     None
 }
 
+/// Directory of the 1.5B demo model (`scripts/fetch-test-model.sh --demo`), or `None` with a
+/// message: CI does not fetch it, so its tests skip unless it is present.
+pub fn demo_model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("RMR1_DEMO_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/rmr1/demo-model")
+        });
+    if dir.join("model.gguf").exists() && dir.join("tokenizer.json").exists() {
+        return Some(dir);
+    }
+    eprintln!(
+        "SKIPPED: demo model not found in {} — run scripts/fetch-test-model.sh --demo",
+        dir.display()
+    );
+    None
+}
+
 /// Deterministic pseudo-random token ids in `2..vocab` (never <unk> or EOS).
 pub fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     let mut rng = SplitMix(seed.wrapping_mul(0x1234_5678_9ABC_DEF1) ^ 0xDEAD_BEEF);

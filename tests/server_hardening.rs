@@ -1,0 +1,222 @@
+//! Abusive and unlucky clients on loopback: bytes that do not decode are INVALID_ARGUMENT (unary
+//! and inside a JudgeBatch stream, where the judgments accepted before them still arrive and the
+//! stream ends non-OK), an oversized request is refused before it is decoded while health stays
+//! responsive, and a burst of calls with short deadlines does not take down the other calls on the
+//! same connection.
+
+mod common;
+
+use bytes::{Buf, BufMut, Bytes};
+use common::judge_server::{pair_request, start_configured, tiny_judge_spec, TestServer};
+use prost::Message;
+use rmr1::api::proto::judge_service_client::JudgeServiceClient;
+use rmr1::api::proto::JudgeBatchResult;
+use rmr1::api::ServerOptions;
+use rmr1::engine::EngineConfig;
+use std::time::{Duration, Instant};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+/// Sends raw bytes as messages and hands back raw bytes: lets a test send what no well-behaved
+/// client would.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+async fn raw_client(server: &TestServer) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+/// A JudgeRequest whose `request_id` (field 1) holds invalid UTF-8.
+fn invalid_utf8() -> Bytes {
+    Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe])
+}
+
+async fn server() -> TestServer {
+    start_configured(
+        &tiny_judge_spec(),
+        EngineConfig {
+            max_num_seqs: 16,
+            ..EngineConfig::default()
+        },
+        ServerOptions {
+            max_request_bytes: 1 << 20,
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument_and_batches_end_non_ok_without_losing_work() {
+    let server = server().await;
+    let mut raw = raw_client(&server).await;
+    let judge = http::uri::PathAndQuery::from_static("/rmr1.v1.JudgeService/Judge");
+    for bytes in [invalid_utf8(), Bytes::from_static(&[0xff; 12])] {
+        raw.ready().await.unwrap();
+        let status = raw
+            .unary(tonic::Request::new(bytes), judge.clone(), RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("not a valid protobuf message"));
+    }
+
+    // Three good items, then one that does not decode: the three are judged and sent, then the
+    // stream ends INVALID_ARGUMENT saying where it stopped.
+    let mut items: Vec<Bytes> = (0..3)
+        .map(|i| Bytes::from(pair_request(&format!("ok{i}"), "Q?", "A.", "B.", 3).encode_to_vec()))
+        .collect();
+    items.push(invalid_utf8());
+    let batch = http::uri::PathAndQuery::from_static("/rmr1.v1.JudgeService/JudgeBatch");
+    raw.ready().await.unwrap();
+    let mut results = raw
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(items)),
+            batch,
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    let end = loop {
+        match results.message().await {
+            Ok(Some(bytes)) => {
+                let r = JudgeBatchResult::decode(bytes).unwrap();
+                assert!(
+                    matches!(
+                        r.outcome,
+                        Some(rmr1::api::proto::judge_batch_result::Outcome::Response(_))
+                    ),
+                    "{r:?}"
+                );
+                ids.push(r.request_id);
+            }
+            Ok(None) => panic!("the stream ended OK after a malformed item"),
+            Err(status) => break status,
+        }
+    };
+    ids.sort();
+    assert_eq!(ids, ["ok0", "ok1", "ok2"]);
+    assert_eq!(end.code(), Code::InvalidArgument, "{end:?}");
+    assert!(
+        end.message().contains("stopped reading after 3 requests"),
+        "{end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_before_decoding_and_health_stays_responsive() {
+    let server = server().await;
+    let mut client = server.client().await;
+    let big = "x ".repeat(2 << 20); // 4 MiB, limit 1 MiB
+    let started = Instant::now();
+    let status = client
+        .judge(pair_request("big", "Q?", &big, "B.", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
+    eprintln!("refused in {:?}", started.elapsed());
+    // The connection and the server are fine: a normal call right after succeeds.
+    let fine = client
+        .judge(pair_request("small", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fine.usage.unwrap().completion_tokens, 2);
+}
+
+/// `bursts` calls with a 1 ms deadline fired beside 16 normal calls, all on one connection.
+/// Returns how many of the normal calls failed.
+async fn deadline_burst(server: &TestServer, bursts: usize) -> usize {
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = JudgeServiceClient::new(channel);
+    let mut normal = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut c = client.clone();
+        normal.spawn(async move {
+            c.judge(pair_request(&format!("n{i}"), "Q?", "A.", "B.", 8))
+                .await
+        });
+    }
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..bursts {
+        let mut c = client.clone();
+        burst.spawn(async move {
+            let mut request =
+                tonic::Request::new(pair_request(&format!("d{i}"), "Q?", "A.", "B.", 64));
+            request.set_timeout(Duration::from_millis(1));
+            let _ = c.judge(request).await;
+        });
+    }
+    while burst.join_next().await.is_some() {}
+    let mut failed = 0;
+    while let Some(r) = normal.join_next().await {
+        if let Err(status) = r.unwrap() {
+            eprintln!("normal call failed: {status:?}");
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_short_deadlines_leaves_the_other_calls_on_the_connection_intact() {
+    let server = server().await;
+    assert_eq!(deadline_burst(&server, 400).await, 0);
+    // The control: with h2's default allowance (20) the same burst makes the server send GOAWAY,
+    // and every normal call on the connection fails — the defect this setting removes.
+    let strict = start_configured(
+        &tiny_judge_spec(),
+        EngineConfig::default(),
+        ServerOptions {
+            http2_max_pending_reset_streams: 20,
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    assert!(deadline_burst(&strict, 400).await > 0);
+}
