@@ -220,3 +220,112 @@ async fn a_burst_of_short_deadlines_leaves_the_other_calls_on_the_connection_int
     .await;
     assert!(deadline_burst(&strict, 400).await > 0);
 }
+
+/// SIGTERM (here: the signal future of `run_until`) with a JudgeBatch stream open: health goes
+/// NOT_SERVING, the running items finish and arrive, an item sent after the signal is refused
+/// UNAVAILABLE, the stream then ends UNAVAILABLE saying so, a new call is refused, and the server
+/// stops within the drain timeout although the client never closed its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_open_batch_stream_and_stops() {
+    use rmr1::api::proto::judge_batch_result::Outcome;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let spec = common::TinySpec {
+        suppress_eos: true,
+        ..tiny_judge_spec()
+    };
+    let test = start_configured(
+        &spec,
+        EngineConfig::default(),
+        ServerOptions {
+            drain_timeout: Duration::from_secs(20),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let url = test.url();
+    let mut client = test.client().await;
+    let (items, rx) = tokio::sync::mpsc::channel(8);
+    let mut results = client
+        .judge_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for id in ["long1", "long2"] {
+        items
+            .send(pair_request(id, "Write at length.", "A.", "B.", 600))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while test.server.in_flight() < 2 {
+        assert!(Instant::now() < deadline, "items never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = test.server;
+    let stopped = tokio::spawn(server.run_until(async {
+        let _ = signal_rx.await;
+    }));
+    let signalled = Instant::now();
+    signal_tx.send(()).unwrap();
+
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let status = client
+        .judge(pair_request("late", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    items
+        .send(pair_request("after", "Q?", "A.", "B.", 2))
+        .await
+        .unwrap();
+
+    let mut judged = Vec::new();
+    let mut refused = Vec::new();
+    let end = loop {
+        match results.message().await {
+            Ok(Some(r)) => match r.outcome {
+                Some(Outcome::Response(_)) => judged.push(r.request_id),
+                Some(Outcome::Error(e)) => {
+                    assert_eq!(e.code, Code::Unavailable as i32, "{e:?}");
+                    refused.push(r.request_id);
+                }
+                None => panic!("empty outcome"),
+            },
+            Ok(None) => panic!("the stream ended OK during a drain with the client still sending"),
+            Err(status) => break status,
+        }
+    };
+    judged.sort();
+    assert_eq!(judged, ["long1", "long2"]);
+    assert_eq!(refused, ["after"]);
+    assert_eq!(end.code(), Code::Unavailable);
+    assert!(end.message().contains("shutting down"), "{end:?}");
+    // The client still holds its stream open; the server stops regardless, well within the
+    // drain timeout.
+    tokio::time::timeout(Duration::from_secs(25), stopped)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
+    eprintln!("stopped {:?} after the signal", signalled.elapsed());
+    drop(items);
+}

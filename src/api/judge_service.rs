@@ -5,6 +5,7 @@
 //! watch their output channel and return (dropping their judgments) as soon as the client is gone.
 
 use super::convert;
+use super::drain::{self, Drain};
 use super::proto::judge_service_server::JudgeService;
 use super::proto::{
     self, judge_batch_result, judge_stream_event, BatchError, JudgeBatchResult, JudgeRequest,
@@ -35,6 +36,8 @@ pub const MAX_RANK_CANDIDATES: usize = 64;
 
 pub struct JudgeApi {
     pub registry: Arc<ModelRegistry>,
+    /// Refuses new judgments once the server drains, and counts the running ones.
+    pub drain: Arc<Drain>,
 }
 
 fn record_rpc(rpc: &'static str, started: Instant, result: &Result<impl Sized, Status>) {
@@ -111,7 +114,10 @@ impl JudgeService for JudgeApi {
         let started = Instant::now();
         let request = request.into_inner();
         let span = tracing::info_span!("judge", request_id = %request.request_id);
-        let result = judge_one(&self.registry, &request).instrument(span).await;
+        let result = match self.drain.enter() {
+            Ok(_in_flight) => judge_one(&self.registry, &request).instrument(span).await,
+            Err(status) => Err(status),
+        };
         record_rpc("Judge", started, &result);
         result.map(Response::new)
     }
@@ -123,12 +129,14 @@ impl JudgeService for JudgeApi {
         request: Request<JudgeRequest>,
     ) -> Result<Response<Self::JudgeStreamStream>, Status> {
         let request = request.into_inner();
+        let in_flight = self.drain.enter()?;
         // Bad requests fail as a status, not as a stream item.
         let valid = ValidJudgeRequest::new(&self.registry, &request)?;
         let (tx, rx) = mpsc::channel(64);
         let span = tracing::info_span!("judge_stream", request_id = %request.request_id);
         tokio::spawn(
             async move {
+                let _in_flight = in_flight;
                 let started = Instant::now();
                 let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
                 let work = valid.run(Some(&delta_tx));
@@ -165,9 +173,17 @@ impl JudgeService for JudgeApi {
         &self,
         request: Request<Streaming<JudgeRequest>>,
     ) -> Result<Response<Self::JudgeBatchStream>, Status> {
+        if self.drain.is_draining() {
+            return Err(drain::shutting_down());
+        }
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(run_batch(self.registry.clone(), inbound, tx));
+        tokio::spawn(run_batch(
+            self.registry.clone(),
+            self.drain.clone(),
+            inbound,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -175,7 +191,10 @@ impl JudgeService for JudgeApi {
         let started = Instant::now();
         let request = request.into_inner();
         let span = tracing::info_span!("rank", request_id = %request.request_id);
-        let result = rank_one(&self.registry, &request).instrument(span).await;
+        let result = match self.drain.enter() {
+            Ok(_in_flight) => rank_one(&self.registry, &request).instrument(span).await,
+            Err(status) => Err(status),
+        };
         record_rpc("Rank", started, &result);
         result.map(Response::new)
     }
@@ -206,8 +225,12 @@ fn batch_error(request_id: String, status: Status) -> JudgeBatchResult {
 /// A request that cannot be read (bytes that do not decode) stops the reading, since nothing after
 /// it can be trusted to be framed as the client meant: the judgments already accepted are finished
 /// and sent, then the stream ends with a non-OK status that says so — never OK with results lost.
+///
+/// When the server starts draining, items that arrive afterwards are answered UNAVAILABLE one by
+/// one, the running ones finish, and the stream then ends UNAVAILABLE with how many were refused.
 async fn run_batch(
     registry: Arc<ModelRegistry>,
+    drain: Arc<Drain>,
     mut inbound: Streaming<JudgeRequest>,
     tx: mpsc::Sender<Result<JudgeBatchResult, Status>>,
 ) {
@@ -216,9 +239,15 @@ async fn run_batch(
     let mut inbound_open = true;
     let mut accepted = 0usize;
     let mut broken: Option<Status> = None;
+    let mut refused_in_drain = 0usize;
     while inbound_open || !running.is_empty() {
+        if drain.is_draining() && running.is_empty() {
+            break;
+        }
         tokio::select! {
             _ = tx.closed() => return,
+            // Wakes the loop when draining begins, to end an idle stream.
+            _ = drain.began(), if !drain.is_draining() => {}
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(id) = done {
                     in_flight.remove(&id);
@@ -238,8 +267,16 @@ async fn run_batch(
                     }
                     Some(Ok(request)) => request,
                 };
-                accepted += 1;
                 let id = request.request_id.clone();
+                let guard = match drain.enter() {
+                    Ok(guard) => guard,
+                    Err(status) => {
+                        refused_in_drain += 1;
+                        let _ = tx.send(Ok(batch_error(id, status))).await;
+                        continue;
+                    }
+                };
+                accepted += 1;
                 if id.is_empty() {
                     let status = Status::invalid_argument("request_id is required in JudgeBatch");
                     let _ = tx.send(Ok(batch_error(id, status))).await;
@@ -257,6 +294,7 @@ async fn run_batch(
                 let span = tracing::info_span!("judge_batch", request_id = %id);
                 running.spawn(
                     async move {
+                        let _in_flight = guard;
                         let started = Instant::now();
                         let result = judge_one(&registry, &request).await;
                         record_rpc("JudgeBatch", started, &result);
@@ -274,6 +312,17 @@ async fn run_batch(
                 );
             }
         }
+    }
+    // Ended by the drain while the client still had the stream open (not a client that finished).
+    if drain.is_draining() && inbound_open && broken.is_none() {
+        let _ = tx
+            .send(Err(Status::unavailable(format!(
+                "the server is shutting down: this stream's {accepted} accepted requests were \
+                 answered; {refused_in_drain} sent during the shutdown were refused, and nothing \
+                 more will be read — send the rest to another replica"
+            ))))
+            .await;
+        return;
     }
     if let Some(status) = broken {
         let message = format!(

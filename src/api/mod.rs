@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod drain;
 pub mod judge_service;
 pub mod model_service;
 pub mod proto;

@@ -5,6 +5,7 @@
 //! NOT_SERVING until [`GrpcServer::add_model`] has loaded and warmed a model up. The training
 //! service needs no judge model and reports SERVING as soon as its job store is open.
 
+use super::drain::Drain;
 use super::judge_service::JudgeApi;
 use super::model_service::ModelApi;
 use super::proto::judge_service_server::JudgeServiceServer;
@@ -46,6 +47,8 @@ pub struct ServerOptions {
     pub http2_keepalive_timeout: std::time::Duration,
     /// Concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// On shutdown, how long running judgments may take to finish before the server stops anyway.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -56,12 +59,15 @@ impl Default for ServerOptions {
             http2_keepalive_interval: std::time::Duration::from_secs(30),
             http2_keepalive_timeout: std::time::Duration::from_secs(20),
             max_concurrent_streams: 1024,
+            drain_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
 
 pub struct GrpcServer {
     local_addr: SocketAddr,
+    drain: Arc<Drain>,
+    drain_timeout: std::time::Duration,
     registry: Arc<ModelRegistry>,
     health: HealthReporter,
     training: Option<Arc<TrainJobs>>,
@@ -121,8 +127,10 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("building the reflection service")?;
+        let drain = Arc::new(Drain::default());
         let judge = JudgeServiceServer::new(JudgeApi {
             registry: registry.clone(),
+            drain: drain.clone(),
         })
         .max_decoding_message_size(options.max_request_bytes)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -158,6 +166,8 @@ impl GrpcServer {
         tracing::info!(%local_addr, "gRPC listening (NOT_SERVING until the model is loaded)");
         Ok(Self {
             local_addr,
+            drain,
+            drain_timeout: options.drain_timeout,
             registry,
             health,
             training,
@@ -168,6 +178,11 @@ impl GrpcServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Judgments running now (calls and batch items).
+    pub fn in_flight(&self) -> usize {
+        self.drain.in_flight()
     }
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
@@ -208,7 +223,8 @@ impl GrpcServer {
     }
 
     /// Stops accepting calls, lets running ones finish, stops the training runner (a running job
-    /// stays RUNNING and resumes on the next start), and returns when all have stopped.
+    /// stays RUNNING and resumes on the next start), and returns when all have stopped — or, when
+    /// a client keeps a connection open past the drain timeout, stops the server anyway.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -217,17 +233,52 @@ impl GrpcServer {
         if let Some(jobs) = self.training.take() {
             tokio::task::spawn_blocking(move || jobs.shutdown()).await?;
         }
-        (&mut self.task).await?.context("gRPC server failed")
+        match tokio::time::timeout(self.drain_timeout, &mut self.task).await {
+            Ok(result) => result?.context("gRPC server failed"),
+            Err(_) => {
+                tracing::warn!("connections still open after the drain timeout; closing them");
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 
-    /// Serves until `signal` resolves, then shuts down gracefully; returns early if the server fails.
+    /// Serves until `signal` resolves, then drains and shuts down; returns early if the server
+    /// fails. The drain: health goes NOT_SERVING (load balancers stop sending), new judgments and
+    /// new batch items are refused UNAVAILABLE, running ones get up to the drain timeout to finish
+    /// (open batch streams then end with a status saying what was not done), and the server stops
+    /// — also when a client holds a connection open.
     pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::select! {
-            result = &mut self.task => result?.context("gRPC server failed"),
-            _ = signal => {
-                tracing::info!("stopping: finishing in-flight calls");
-                self.shutdown().await
-            }
+            result = &mut self.task => return result?.context("gRPC server failed"),
+            _ = signal => {}
+        }
+        self.drain().await;
+        self.shutdown().await
+    }
+
+    /// The drain of [`Self::run_until`], without stopping the server.
+    pub async fn drain(&self) {
+        tracing::info!(
+            in_flight = self.drain.in_flight(),
+            timeout_s = self.drain_timeout.as_secs_f64(),
+            "stopping: NOT_SERVING, refusing new judgments, finishing running ones"
+        );
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<JudgeServiceServer<JudgeApi>>()
+            .await;
+        self.health
+            .set_not_serving::<ModelServiceServer<ModelApi>>()
+            .await;
+        self.drain.begin();
+        if !self.drain.wait_idle(self.drain_timeout).await {
+            tracing::warn!(
+                in_flight = self.drain.in_flight(),
+                "drain timeout: stopping with judgments still running"
+            );
         }
     }
 }

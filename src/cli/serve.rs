@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Seconds between HTTP/2 keepalive pings on a connection; a ping unanswered for 20 s closes it.
     #[arg(long, default_value_t = 30)]
     http2_keepalive_secs: u64,
+    /// On SIGTERM: seconds running judgments get to finish (health NOT_SERVING and new work
+    /// refused at once) before the server stops.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -72,6 +76,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_request_bytes: args.max_request_mib << 20,
         http2_max_pending_reset_streams: args.http2_max_pending_resets,
         http2_keepalive_interval: std::time::Duration::from_secs(args.http2_keepalive_secs.max(1)),
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
         ..ServerOptions::default()
     };
     let server = GrpcServer::start_with_options(args.listen, training, options).await?;
