@@ -221,6 +221,16 @@ async fn bad_requests_get_clear_status_codes() {
     }
     let ranked = client.rank(rank(vec!["a", ""])).await.unwrap().into_inner();
     assert_eq!(ranked.scores.len(), 2);
+    // Fan-out is capped: an explicit all-pairs ranking of 17 candidates (272 judgments) is refused.
+    let mut many = rank(vec!["c"; 17]);
+    many.strategy = proto::RankStrategy::AllPairs as i32;
+    let status = client.rank(many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("272 judgments") && status.message().contains("KNOCKOUT"),
+        "{}",
+        status.message()
+    );
     // After all that the server still judges normally.
     let fine = client.judge(ok).await.unwrap().into_inner();
     assert_eq!(fine.usage.unwrap().completion_tokens, 2);

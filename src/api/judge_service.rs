@@ -33,6 +33,10 @@ use tracing::Instrument;
 pub const MAX_BATCH_IN_FLIGHT: usize = 1024;
 /// Candidates one `Rank` call may compare.
 pub const MAX_RANK_CANDIDATES: usize = 64;
+/// Most candidates an explicit ALL_PAIRS ranking may have: it costs N·(N−1) judgments (240 at 16),
+/// so one call cannot turn into thousands of generations (4,032 at 64). The default strategy
+/// switches to a knockout long before (above 8).
+pub const MAX_ALL_PAIRS_CANDIDATES: usize = 16;
 
 pub struct JudgeApi {
     pub registry: Arc<ModelRegistry>,
@@ -365,6 +369,14 @@ async fn rank_one(registry: &ModelRegistry, request: &RankRequest) -> Result<Ran
     let params = convert::judge_params(request.options.as_ref(), &model)?;
     let strategy = match proto::RankStrategy::try_from(request.strategy) {
         Ok(proto::RankStrategy::Unspecified) => default_strategy(n),
+        Ok(proto::RankStrategy::AllPairs) if n > MAX_ALL_PAIRS_CANDIDATES => {
+            return Err(Status::invalid_argument(format!(
+                "strategy ALL_PAIRS judges every ordered pair: {} judgments for {n} candidates; \
+                 at most {MAX_ALL_PAIRS_CANDIDATES} candidates are accepted with it — use KNOCKOUT \
+                 (about 2·N judgments) or leave strategy unset",
+                n * (n - 1)
+            )))
+        }
         Ok(proto::RankStrategy::AllPairs) => RankStrategy::AllPairs,
         Ok(proto::RankStrategy::Knockout) => RankStrategy::Knockout,
         Err(_) => {
