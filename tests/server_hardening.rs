@@ -242,6 +242,86 @@ async fn a_burst_of_reset_streams_leaves_the_connection_and_its_other_calls_inta
     assert!(!reset_burst_survives(&strict, 400).await);
 }
 
+/// `n` small `JudgeBatch` items written ahead on one raw HTTP/2 stream, each in its own DATA frame
+/// (as grpcio clients send them). Returns how many results came back and the final grpc-status.
+async fn small_items_ahead(server: &TestServer, n: usize) -> (usize, Option<String>) {
+    let addr = server.server.local_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{addr}/rmr1.v1.JudgeService/JudgeBatch"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    for i in 0..n {
+        let body = pair_request(&format!("i{i}"), "Q?", "A.", "B.", 1).encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        if stream.send_data(Bytes::from(framed), i + 1 == n).is_err() {
+            break;
+        }
+    }
+    let mut results = 0;
+    let mut status = None;
+    if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(120), response).await {
+        let mut body = response.into_body();
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            buffer.extend_from_slice(&chunk);
+            while buffer.len() >= 5 {
+                let len = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
+                if buffer.len() < 5 + len {
+                    break;
+                }
+                let message = buffer.split_to(5 + len);
+                let r = JudgeBatchResult::decode(&message[5..]).unwrap();
+                assert!(
+                    matches!(
+                        r.outcome,
+                        Some(rmr1::api::proto::judge_batch_result::Outcome::Response(_))
+                    ),
+                    "{r:?}"
+                );
+                results += 1;
+            }
+        }
+        status = body.trailers().await.ok().flatten().and_then(|t| {
+            t.get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string())
+        });
+    }
+    connection.abort();
+    (results, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_small_batch_items_sent_ahead_are_all_answered() {
+    let test = server().await;
+    assert_eq!(
+        small_items_ahead(&test, 4000).await,
+        (4000, Some("0".into()))
+    );
+    // The control: with HTTP/2's default 64 KiB windows the connection is closed and nothing
+    // comes back.
+    let strict = start_configured(
+        &tiny_judge_spec(),
+        EngineConfig::default(),
+        ServerOptions {
+            http2_connection_window: 65_535,
+            http2_stream_window: 65_535,
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let (results, _) = small_items_ahead(&strict, 4000).await;
+    assert!(results < 4000, "{results}");
+}
+
 /// SIGTERM (here: the signal future of `run_until`) with a JudgeBatch stream open: health goes
 /// NOT_SERVING, the running items finish and arrive, an item sent after the signal is refused
 /// UNAVAILABLE, the stream then ends UNAVAILABLE saying so, a new call is refused, and the server

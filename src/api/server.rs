@@ -47,6 +47,11 @@ pub struct ServerOptions {
     pub http2_keepalive_timeout: std::time::Duration,
     /// Concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control windows, bytes. The connection window also sets h2's budget for DATA
+    /// frame overhead (half of it): with the 64 KiB default, a client sending a few thousand small
+    /// `JudgeBatch` items ahead got the connection closed (`too_many_data_frames`).
+    pub http2_connection_window: u32,
+    pub http2_stream_window: u32,
     /// On shutdown, how long running judgments may take to finish before the server stops anyway.
     pub drain_timeout: std::time::Duration,
 }
@@ -59,6 +64,8 @@ impl Default for ServerOptions {
             http2_keepalive_interval: std::time::Duration::from_secs(30),
             http2_keepalive_timeout: std::time::Duration::from_secs(20),
             max_concurrent_streams: 1024,
+            http2_connection_window: 16 << 20,
+            http2_stream_window: 4 << 20,
             drain_timeout: std::time::Duration::from_secs(30),
         }
     }
@@ -151,6 +158,8 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(options.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
             .max_concurrent_streams(options.max_concurrent_streams)
+            .initial_connection_window_size(options.http2_connection_window)
+            .initial_stream_window_size(options.http2_stream_window)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

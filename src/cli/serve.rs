@@ -11,11 +11,12 @@ use std::path::PathBuf;
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// gRPC address.
-    #[arg(long, default_value = "0.0.0.0:50051")]
+    /// gRPC address. Loopback by default: rmr1 has no TLS or authentication yet, so exposing it is
+    /// a deliberate choice (`--listen 0.0.0.0:50051`, as the container and deploy files do).
+    #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     /// Prometheus `/metrics` address; "off" disables it.
-    #[arg(long, default_value = "0.0.0.0:9090")]
+    #[arg(long, default_value = "127.0.0.1:9090")]
     metrics_listen: String,
     /// Enables training jobs (rmr1.v1.TrainingService): the job database lives here.
     #[arg(long, requires = "train_roots")]
@@ -58,6 +59,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--metrics-listen {addr:?} is not an address"))?,
         ),
     };
+    for (what, addr) in [("gRPC", Some(args.listen)), ("metrics", metrics_addr)] {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                %addr,
+                "{what} listens beyond loopback without TLS or authentication: anyone who can \
+                 reach it can use it (put it behind an authenticating proxy or a private network)"
+            );
+        }
+    }
     rmr1::metrics::install(metrics_addr)?;
     if let Some(addr) = metrics_addr {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
