@@ -126,4 +126,13 @@ async fn metrics_follow_judgments_and_kv_usage_returns_to_zero_after_cancellatio
         ),
         Some(4.0)
     );
+    // The calls whose clients went away are counted too, as CANCELLED.
+    assert_eq!(
+        sample(
+            &last,
+            "rmr1_rpc_requests_total",
+            "rpc=\"JudgeStream\",code=\"Cancelled\""
+        ),
+        Some(4.0)
+    );
 }

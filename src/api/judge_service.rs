@@ -44,13 +44,47 @@ pub struct JudgeApi {
     pub drain: Arc<Drain>,
 }
 
-fn record_rpc(rpc: &'static str, started: Instant, result: &Result<impl Sized, Status>) {
-    let code = match result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    metrics::counter!(m::RPC_REQUESTS, "rpc" => rpc, "code" => format!("{code:?}")).increment(1);
-    metrics::histogram!(m::JUDGE_LATENCY, "rpc" => rpc).record(started.elapsed().as_secs_f64());
+/// One judge RPC (or batch item) for `rmr1_rpc_requests_total` and the latency histogram: recorded
+/// with its status when it finishes, or as CANCELLED when the caller went away (client cancel,
+/// deadline) and the work was dropped before it could finish.
+struct RpcCall {
+    rpc: &'static str,
+    started: Instant,
+    recorded: bool,
+}
+
+impl RpcCall {
+    fn start(rpc: &'static str) -> Self {
+        Self {
+            rpc,
+            started: Instant::now(),
+            recorded: false,
+        }
+    }
+
+    fn finish(mut self, result: &Result<impl Sized, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        self.recorded = true;
+        metrics::counter!(m::RPC_REQUESTS, "rpc" => self.rpc, "code" => format!("{code:?}"))
+            .increment(1);
+        metrics::histogram!(m::JUDGE_LATENCY, "rpc" => self.rpc)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RpcCall {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record(tonic::Code::Cancelled);
+        }
+    }
 }
 
 /// A judge request after validation: everything the pipeline needs, nothing left to check.
@@ -115,14 +149,14 @@ impl JudgeService for JudgeApi {
         &self,
         request: Request<JudgeRequest>,
     ) -> Result<Response<JudgeResponse>, Status> {
-        let started = Instant::now();
+        let call = RpcCall::start("Judge");
         let request = request.into_inner();
         let span = tracing::info_span!("judge", request_id = %request.request_id);
         let result = match self.drain.enter() {
             Ok(_in_flight) => judge_one(&self.registry, &request).instrument(span).await,
             Err(status) => Err(status),
         };
-        record_rpc("Judge", started, &result);
+        call.finish(&result);
         result.map(Response::new)
     }
 
@@ -133,15 +167,26 @@ impl JudgeService for JudgeApi {
         request: Request<JudgeRequest>,
     ) -> Result<Response<Self::JudgeStreamStream>, Status> {
         let request = request.into_inner();
-        let in_flight = self.drain.enter()?;
+        let call = RpcCall::start("JudgeStream");
         // Bad requests fail as a status, not as a stream item.
-        let valid = ValidJudgeRequest::new(&self.registry, &request)?;
+        let prepared = self
+            .drain
+            .enter()
+            .and_then(|guard| Ok((guard, ValidJudgeRequest::new(&self.registry, &request)?)));
+        let (in_flight, valid) = match prepared {
+            Ok(prepared) => prepared,
+            Err(status) => {
+                call.finish(&Err::<(), _>(status.clone()));
+                return Err(status);
+            }
+        };
         let (tx, rx) = mpsc::channel(64);
         let span = tracing::info_span!("judge_stream", request_id = %request.request_id);
         tokio::spawn(
             async move {
                 let _in_flight = in_flight;
-                let started = Instant::now();
+                // Dropped unfinished (client gone) it counts as CANCELLED.
+                let call = call;
                 let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
                 let work = valid.run(Some(&delta_tx));
                 tokio::pin!(work);
@@ -160,7 +205,7 @@ impl JudgeService for JudgeApi {
                 while let Ok((order, text)) = delta_rx.try_recv() {
                     let _ = tx.send(Ok(delta_event(order, text))).await;
                 }
-                record_rpc("JudgeStream", started, &result);
+                call.finish(&result);
                 let event = result.map(|r| JudgeStreamEvent {
                     event: Some(judge_stream_event::Event::Result(r)),
                 });
@@ -192,14 +237,14 @@ impl JudgeService for JudgeApi {
     }
 
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
-        let started = Instant::now();
+        let call = RpcCall::start("Rank");
         let request = request.into_inner();
         let span = tracing::info_span!("rank", request_id = %request.request_id);
         let result = match self.drain.enter() {
             Ok(_in_flight) => rank_one(&self.registry, &request).instrument(span).await,
             Err(status) => Err(status),
         };
-        record_rpc("Rank", started, &result);
+        call.finish(&result);
         result.map(Response::new)
     }
 }
@@ -299,9 +344,9 @@ async fn run_batch(
                 running.spawn(
                     async move {
                         let _in_flight = guard;
-                        let started = Instant::now();
+                        let call = RpcCall::start("JudgeBatch");
                         let result = judge_one(&registry, &request).await;
-                        record_rpc("JudgeBatch", started, &result);
+                        call.finish(&result);
                         let item = match result {
                             Ok(response) => JudgeBatchResult {
                                 request_id: request.request_id.clone(),
