@@ -4,7 +4,10 @@
 mod common;
 
 use candle_core::{Tensor, Var};
-use common::training::{base, engine_logits, full_model, host_log_prob, lora_model, lora_spec};
+use common::training::{
+    base, check_gradients_by_finite_differences, engine_logits, full_model, host_log_prob,
+    lora_model, lora_spec,
+};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::forward::{target_log_probs, TrainableQwen2};
 use rmr1::train::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
@@ -223,38 +226,7 @@ fn lora_gradient_matches_finite_differences() {
         let lp = sequence_log_probs(m, &toks, &rows, 64).unwrap();
         -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64
     };
-    let mut checked = 0;
-    for (name, var) in model.params.trainable().into_iter().step_by(5) {
-        let g: Vec<f32> = sums[&name].flatten_all().unwrap().to_vec1().unwrap();
-        let base_vals: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        // The entry with the largest gradient: its finite difference is well above f32 noise.
-        let (idx, &analytic) = g
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-            .unwrap();
-        let h = 1e-2f32;
-        let mut shifted = base_vals.clone();
-        let set = |vals: &[f32]| {
-            var.set(&Tensor::from_slice(vals, var.shape(), &candle_core::Device::Cpu).unwrap())
-                .unwrap()
-        };
-        shifted[idx] = base_vals[idx] + h;
-        set(&shifted);
-        let up = loss_at(&model);
-        shifted[idx] = base_vals[idx] - h;
-        set(&shifted);
-        let down = loss_at(&model);
-        set(&base_vals);
-        let numeric = (up - down) / (2.0 * h as f64);
-        let err = (numeric - analytic as f64).abs();
-        assert!(
-            err <= 2e-3 + 2e-2 * (analytic as f64).abs(),
-            "{name}[{idx}]: analytic {analytic:e}, numeric {numeric:e}"
-        );
-        checked += 1;
-    }
-    assert!(checked >= 5);
+    check_gradients_by_finite_differences(&model, &sums, &loss_at, 5, 2e-3);
 }
 
 #[test]

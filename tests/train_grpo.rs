@@ -4,9 +4,12 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use common::grpo::{setup_verdict_task, verdict_spec};
-use common::training::{base, engine_logits, full_model, host_log_prob, RecordingContext};
+use common::training::{
+    assert_same_final_weights, base, check_gradients_by_finite_differences, engine_logits,
+    full_model, host_log_prob, RecordingContext,
+};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::forward::TrainableQwen2;
 use rmr1::train::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
@@ -195,37 +198,7 @@ fn the_policy_gradient_matches_finite_differences() {
         "{clipped} of {total_rows} clipped"
     );
     let grads = sums.into_scaled(1.0).unwrap();
-    let mut checked = 0;
-    for (name, var) in model.params.trainable().into_iter().step_by(3) {
-        let g: Vec<f32> = grads[&name].flatten_all().unwrap().to_vec1().unwrap();
-        let values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        let (idx, &analytic) = g
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-            .unwrap();
-        let h = 1e-2f32;
-        let set = |vals: &[f32]| {
-            var.set(&Tensor::from_slice(vals, var.shape(), &Device::Cpu).unwrap())
-                .unwrap()
-        };
-        let mut shifted = values.clone();
-        shifted[idx] = values[idx] + h;
-        set(&shifted);
-        let up = loss_at(&model);
-        shifted[idx] = values[idx] - h;
-        set(&shifted);
-        let down = loss_at(&model);
-        set(&values);
-        let numeric = (up - down) / (2.0 * h as f64);
-        let err = (numeric - analytic as f64).abs();
-        assert!(
-            err <= 1e-3 + 2e-2 * (analytic as f64).abs(),
-            "{name}[{idx}]: analytic {analytic:e}, numeric {numeric:e}"
-        );
-        checked += 1;
-    }
-    assert!(checked >= 5);
+    check_gradients_by_finite_differences(&model, &grads, &loss_at, 3, 1e-3);
 }
 
 #[test]
@@ -313,21 +286,12 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         series(&second, "reward_mean"),
         series(&straight, "reward_mean")[2..].to_vec()
     );
-    let load = |dir: &std::path::Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, "resume")
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.state.step, 6);
-        rmr1::train::checkpoint::load_tensors(&c, &Device::Cpu)
-            .unwrap()
-            .0
-    };
-    let (a, b) = (load(&spec.output_dir), load(&straight_spec.output_dir));
-    for (name, t) in &a {
-        let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(max_abs_diff(&x, &y) <= 1e-6, "{name} differs");
-    }
+    assert_same_final_weights(
+        &spec.output_dir,
+        &straight_spec.output_dir,
+        "resume",
+        Some(6),
+    );
 }
 
 #[test]

@@ -200,21 +200,12 @@ fn assert_matches_uninterrupted(
         (loss - served_loss).abs() <= 1e-6,
         "final loss after kill and resume {served_loss} vs uninterrupted {loss}"
     );
-    let load = |dir: &Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, &job_id)
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.state.step, steps);
-        rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu)
-            .unwrap()
-            .0
-    };
-    let (a, b) = (load(resumed_dir), load(&straight.output_dir));
-    for (name, t) in &a {
-        let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(common::max_abs_diff(&x, &y) <= 1e-6, "{name} differs");
-    }
+    common::training::assert_same_final_weights(
+        resumed_dir,
+        &straight.output_dir,
+        &job_id,
+        Some(steps),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

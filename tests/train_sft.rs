@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::training::{engine_logits, write_copy_task, RecordingContext};
+use common::training::{
+    assert_same_final_weights, engine_logits, write_copy_task, RecordingContext,
+};
 use common::{max_abs_diff, tokens, write_tiny_model, TinySpec};
 use rmr1::train::trainer::Trainer;
 use rmr1::train::{
@@ -221,20 +223,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_does() {
         la[8],
         lb[5]
     );
-    let load = |dir: &Path| {
-        let c = rmr1::train::checkpoint::latest_for_job(dir, "job")
-            .unwrap()
-            .unwrap();
-        rmr1::train::checkpoint::load_tensors(&c, &candle_core::Device::Cpu)
-            .unwrap()
-            .0
-    };
-    let (wa, wb) = (load(&straight.output_dir), load(&interrupted.output_dir));
-    for (name, t) in &wa {
-        let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = wb[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(max_abs_diff(&x, &y) <= 1e-6, "{name} differs after resume");
-    }
+    assert_same_final_weights(&straight.output_dir, &interrupted.output_dir, "job", None);
 }
 
 #[test]

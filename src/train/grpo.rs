@@ -10,7 +10,7 @@
 //! Resume needs no RNG state: the prompt order is the seeded per-epoch order at the consumed count,
 //! and each prompt's rollout seed is drawn from (run seed, its consumed index).
 
-use super::executor::{JobContext, RunOutcome, TrainError, TrainErrorKind, TrainResult};
+use super::executor::{JobContext, RunOutcome, TrainError, TrainErrorKind};
 use super::forward::TrainableQwen2;
 use super::grad_step::{accumulate_sequence, sequence_scores, LossRows};
 use super::grpo_loss::{group_advantages, GrpoLoss, GrpoLossConfig, LossStats};
@@ -47,6 +47,8 @@ struct Sample {
     rows: LossRows,
     reward: f64,
     advantage: f64,
+    /// The engine's log-probs of the sampled tokens, to measure on-policyness against `old`.
+    engine: Vec<f32>,
     old: Vec<f32>,
     reference: Option<Vec<f32>>,
 }
@@ -214,7 +216,6 @@ pub fn run_with(
 
         // Rewards and advantages, group by group.
         let mut samples: Vec<Vec<Sample>> = Vec::with_capacity(groups.len());
-        let mut engine_log_probs: Vec<Vec<Vec<f32>>> = Vec::with_capacity(groups.len());
         for (prompt, group) in prompts.iter().zip(groups) {
             let rewards: Vec<f64> = group
                 .iter()
@@ -226,31 +227,29 @@ pub fn run_with(
                 group_advantages(&rewards)
             };
             let mut out = Vec::with_capacity(group.len());
-            let mut lps = Vec::with_capacity(group.len());
             for ((sample, reward), advantage) in group.into_iter().zip(rewards).zip(advantages) {
                 let mut tokens = prompt.tokens.clone();
                 tokens.extend_from_slice(&sample.tokens);
                 let rows = LossRows::completion(&tokens, prompt.tokens.len());
-                lps.push(sample.engine_log_probs);
                 out.push(Sample {
                     tokens,
                     rows,
                     reward,
                     advantage,
+                    engine: sample.engine_log_probs,
                     old: Vec::new(),
                     reference: None,
                 });
             }
             samples.push(out);
-            engine_log_probs.push(lps);
         }
 
         // Old (behaviour) and reference log-probs, recomputed by the trainer.
         let score_start = Instant::now();
         let mut entropies = Vec::new();
         let mut on_policy_gap = 0f64;
-        for (group, engine_group) in samples.iter_mut().zip(&engine_log_probs) {
-            for (s, engine_lp) in group.iter_mut().zip(engine_group) {
+        for group in samples.iter_mut() {
+            for s in group.iter_mut() {
                 if ctx.is_cancelled() {
                     return Ok(RunOutcome::Cancelled);
                 }
@@ -264,7 +263,7 @@ pub fn run_with(
                 )?;
                 // The engine reports temperature-1 log-probs: comparable when sampling at 1.
                 if grpo.temperature == 1.0 {
-                    for (a, b) in scores.log_probs.iter().zip(engine_lp) {
+                    for (a, b) in scores.log_probs.iter().zip(&s.engine) {
                         on_policy_gap = on_policy_gap.max((a - b).abs() as f64);
                     }
                 }
@@ -365,17 +364,7 @@ pub fn run_with(
         }
     }
 
-    let artifacts = session.export()?;
-    let mut final_metrics = BTreeMap::new();
-    if let Some(loss) = session.state.loss {
-        final_metrics.insert("loss".to_string(), loss);
-    }
-    final_metrics.insert("steps".to_string(), session.state.step as f64);
-    final_metrics.insert("tokens_seen".to_string(), session.state.tokens_seen as f64);
-    Ok(RunOutcome::Completed(TrainResult {
-        artifacts,
-        final_metrics,
-    }))
+    Ok(RunOutcome::Completed(session.finish(BTreeMap::new())?))
 }
 
 struct StepFigures<'a> {

@@ -254,6 +254,25 @@ impl TrainSession {
         every > 0 && self.state.step.is_multiple_of(every)
     }
 
+    /// The end of a run: the exports and the final metrics (loss, steps, tokens seen, plus the
+    /// stage's own `extra`).
+    pub fn finish(
+        &self,
+        extra: BTreeMap<String, f64>,
+    ) -> Result<super::executor::TrainResult, TrainError> {
+        let artifacts = self.export()?;
+        let mut final_metrics = extra;
+        if let Some(loss) = self.state.loss {
+            final_metrics.insert("loss".to_string(), loss);
+        }
+        final_metrics.insert("steps".to_string(), self.state.step as f64);
+        final_metrics.insert("tokens_seen".to_string(), self.state.tokens_seen as f64);
+        Ok(super::executor::TrainResult {
+            artifacts,
+            final_metrics,
+        })
+    }
+
     /// The outputs other tools load: a PEFT adapter and its merged export (LoRA), or a full HF
     /// checkpoint.
     pub fn export(&self) -> Result<Vec<Artifact>, TrainError> {

@@ -1,7 +1,7 @@
 //! Stage 1 of RM-R1: distillation SFT. Token-mean negative log-likelihood of the target traces,
 //! prompts masked, over the seeded per-epoch order of the examples.
 
-use super::executor::{JobContext, RunOutcome, TrainError, TrainResult};
+use super::executor::{JobContext, RunOutcome, TrainError};
 use super::forward::DropoutKey;
 use super::grad_step::{accumulate_sequence, sequence_log_probs, LossRows, NegLogLikelihood};
 use super::optim::GradAccumulator;
@@ -176,18 +176,8 @@ pub fn run(
         }
     }
 
-    let artifacts = session.export()?;
-    let mut final_metrics = BTreeMap::new();
-    if let Some(loss) = session.state.loss {
-        final_metrics.insert("loss".to_string(), loss);
-    }
-    if let Some(e) = last_eval {
-        final_metrics.insert("eval_loss".to_string(), e);
-    }
-    final_metrics.insert("steps".to_string(), session.state.step as f64);
-    final_metrics.insert("tokens_seen".to_string(), session.state.tokens_seen as f64);
-    Ok(RunOutcome::Completed(TrainResult {
-        artifacts,
-        final_metrics,
-    }))
+    let extra = last_eval.map(|e| ("eval_loss".to_string(), e));
+    Ok(RunOutcome::Completed(
+        session.finish(extra.into_iter().collect())?,
+    ))
 }

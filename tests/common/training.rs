@@ -162,3 +162,83 @@ pub fn write_copy_task(path: &std::path::Path, n: usize, seed: u64) {
     }
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
+
+/// The trainable tensors of `job_id`'s newest checkpoint in `dir`, which must be at `step`.
+fn final_weights(
+    dir: &std::path::Path,
+    job_id: &str,
+    step: Option<u64>,
+) -> std::collections::BTreeMap<String, candle_core::Tensor> {
+    let c = rmr1::train::checkpoint::latest_for_job(dir, job_id)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no checkpoint of {job_id} in {}", dir.display()));
+    if let Some(step) = step {
+        assert_eq!(c.state.step, step, "{}", dir.display());
+    }
+    rmr1::train::checkpoint::load_tensors(&c, &Device::Cpu)
+        .unwrap()
+        .0
+}
+
+/// Asserts the newest checkpoints of `job_id` in two output dirs hold the same weights (≤ 1e-6):
+/// a resumed run against an uninterrupted one.
+pub fn assert_same_final_weights(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    job_id: &str,
+    step: Option<u64>,
+) {
+    let (wa, wb) = (
+        final_weights(a, job_id, step),
+        final_weights(b, job_id, step),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for (name, t) in &wa {
+        let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = wb[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(super::max_abs_diff(&x, &y) <= 1e-6, "{name} differs");
+    }
+}
+
+/// Checks `grads` (name → gradient of `loss_at` at the model's current weights) against central
+/// finite differences: for every `stride`-th trainable tensor, the entry with the largest gradient
+/// (well above f32 noise) is moved by ±1e-2. Tolerance `abs_tol + 2% · |analytic|`.
+pub fn check_gradients_by_finite_differences(
+    model: &TrainableQwen2,
+    grads: &std::collections::HashMap<String, candle_core::Tensor>,
+    loss_at: &dyn Fn(&TrainableQwen2) -> f64,
+    stride: usize,
+    abs_tol: f64,
+) {
+    let mut checked = 0;
+    for (name, var) in model.params.trainable().into_iter().step_by(stride) {
+        let g: Vec<f32> = grads[&name].flatten_all().unwrap().to_vec1().unwrap();
+        let values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let (idx, &analytic) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        let h = 1e-2f32;
+        let set = |vals: &[f32]| {
+            var.set(&candle_core::Tensor::from_slice(vals, var.shape(), &Device::Cpu).unwrap())
+                .unwrap()
+        };
+        let mut shifted = values.clone();
+        shifted[idx] = values[idx] + h;
+        set(&shifted);
+        let up = loss_at(model);
+        shifted[idx] = values[idx] - h;
+        set(&shifted);
+        let down = loss_at(model);
+        set(&values);
+        let numeric = (up - down) / (2.0 * h as f64);
+        let err = (numeric - analytic as f64).abs();
+        assert!(
+            err <= abs_tol + 2e-2 * (analytic as f64).abs(),
+            "{name}[{idx}]: analytic {analytic:e}, numeric {numeric:e}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5);
+}
