@@ -13,5 +13,6 @@ pub mod gpu_check;
 pub mod judge;
 pub mod metrics;
 pub mod model;
+pub mod remote_args;
 pub mod serving_args;
 pub mod train;

@@ -53,35 +53,39 @@ const PROBABILITY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder (once; later calls return the first handle) and, when
-/// `listen` is given, serves `GET /metrics` there on the current tokio runtime.
-pub fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle> {
+/// `listen` is given, serves `GET /metrics` there on the current tokio runtime (see
+/// [`crate::api::metrics_http`]: every other path is 404).
+pub async fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle> {
+    let handle = install_recorder()?;
+    if let Some(addr) = listen {
+        crate::api::metrics_http::serve(addr, handle.clone()).await?;
+    }
+    Ok(handle)
+}
+
+/// The recorder alone, with no listener.
+pub fn install_recorder() -> Result<PrometheusHandle> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let builder = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STEP_TOKENS.into()), TOKEN_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(JUDGE_PROB_A.into()), PROBABILITY_BUCKETS)?;
-    let recorder = match listen {
-        Some(addr) => {
-            let (recorder, exporter) = builder
-                .with_http_listener(addr)
-                .build()
-                .context("building the Prometheus exporter")?;
-            tokio::spawn(async move {
-                if let Err(e) = exporter.await {
-                    tracing::error!(error = ?e, "metrics listener stopped");
-                }
-            });
-            recorder
-        }
-        // No listener at all: `build()` without one would still bind the builder's default
-        // (0.0.0.0:9000).
-        None => builder.build_recorder(),
-    };
+        .set_buckets_for_metric(Matcher::Full(JUDGE_PROB_A.into()), PROBABILITY_BUCKETS)?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("a metrics recorder is already installed")?;
     describe_all();
+    // The exporter's own listener would run upkeep (draining histogram samples into their
+    // buckets); without it, do that here, or memory grows between scrapes.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("rmr1-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .context("starting the metrics upkeep thread")?;
     let _ = HANDLE.set(handle.clone());
     Ok(HANDLE.get().cloned().unwrap_or(handle))
 }

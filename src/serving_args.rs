@@ -52,6 +52,10 @@ pub struct ModelArgs {
     /// Requests queued or running before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 4096)]
     pub max_pending_requests: usize,
+    /// Of those, the most one client (token, certificate or IP) may hold; default: three
+    /// quarters of --max-pending-requests, so one client cannot fill the queue for everyone.
+    #[arg(long)]
+    pub max_pending_per_client: Option<usize>,
 }
 
 impl ModelArgs {
@@ -76,6 +80,7 @@ impl ModelArgs {
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 max_model_len: self.max_model_len,
                 max_pending_requests: self.max_pending_requests,
+                max_pending_per_client: self.max_pending_per_client,
                 ..EngineConfig::default()
             },
         }

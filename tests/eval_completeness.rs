@@ -197,6 +197,7 @@ async fn a_server_still_loading_gets_a_plain_answer() {
         target: Target::Remote {
             addr: format!("http://{}", server.local_addr()),
             wait_seconds: 0,
+            access: Default::default(),
         },
         ..options_without_server(&root, &dir.path().join("x.jsonl"))
     };
@@ -206,6 +207,7 @@ async fn a_server_still_loading_gets_a_plain_answer() {
         target: Target::Remote {
             addr: format!("http://{}", server.local_addr()),
             wait_seconds: 1,
+            access: Default::default(),
         },
         ..options_without_server(&root, &dir.path().join("x.jsonl"))
     };
@@ -224,6 +226,7 @@ fn options_without_server(data: &Path, log: &Path) -> EvalOptions {
         target: Target::Remote {
             addr: String::new(),
             wait_seconds: 0,
+            access: Default::default(),
         },
         model: String::new(),
         concurrency: 1,

@@ -34,6 +34,7 @@ async fn the_demo_model_writes_a_judgment_that_parses() {
         top_p: 1.0,
         seed: None,
         both_orders: false,
+        client: Default::default(),
     };
     let report = model.judge(&input, &params, None).await.unwrap();
     let order = &report.orders[0];

@@ -43,7 +43,7 @@ fn free_port() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_judgments_and_kv_usage_returns_to_zero_after_cancellation() {
     let metrics_addr = free_port();
-    rmr1::metrics::install(Some(metrics_addr)).unwrap();
+    rmr1::metrics::install(Some(metrics_addr)).await.unwrap();
     // Without EOS no generation ends before it is cancelled below.
     let spec = common::TinySpec {
         suppress_eos: true,

@@ -245,6 +245,8 @@ async fn full_queue_is_resource_exhausted_and_deadlines_free_the_kv_cache() {
     };
     let engine = EngineConfig {
         max_pending_requests: 2,
+        // One client here: let it fill the whole queue (by default a client gets ¾ of it).
+        max_pending_per_client: Some(2),
         ..engine()
     };
     let server = common::judge_server::start_with(&spec, engine).await;

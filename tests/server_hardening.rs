@@ -303,8 +303,8 @@ async fn small_items_ahead(server: &TestServer, n: usize) -> (usize, Option<Stri
 async fn thousands_of_small_batch_items_sent_ahead_are_all_answered() {
     let test = server().await;
     assert_eq!(
-        small_items_ahead(&test, 4000).await,
-        (4000, Some("0".into()))
+        small_items_ahead(&test, 10_000).await,
+        (10_000, Some("0".into()))
     );
     // The control: with HTTP/2's default 64 KiB windows the connection is closed and nothing
     // comes back.
@@ -429,4 +429,50 @@ async fn sigterm_drains_an_open_batch_stream_and_stops() {
         .unwrap();
     eprintln!("stopped {:?} after the signal", signalled.elapsed());
     drop(items);
+}
+
+/// Whether an idle HTTP/2 connection (handshake done, no calls) is closed by the server within
+/// `within`.
+async fn idle_connection_closed(server: &TestServer, within: Duration) -> bool {
+    let tcp = tokio::net::TcpStream::connect(server.server.local_addr())
+        .await
+        .unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::time::timeout(within, connection).await.is_ok()
+}
+
+/// Idle connections do not live forever: past `max_connection_age` the server sends GOAWAY and
+/// closes a connection without calls (one with calls closes once they finish). Without an age
+/// (the control), an idle connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_maximum_age() {
+    let aged = start_configured(
+        &tiny_judge_spec(),
+        EngineConfig::default(),
+        ServerOptions {
+            max_connection_age: Some(Duration::from_secs(1)),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    assert!(idle_connection_closed(&aged, Duration::from_secs(10)).await);
+    // A client reconnects after the GOAWAY and its calls go on.
+    let mut client = aged.client().await;
+    for i in 0..3 {
+        client
+            .judge(pair_request(&format!("r{i}"), "Q?", "A.", "B.", 2))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let ageless = start_configured(
+        &tiny_judge_spec(),
+        EngineConfig::default(),
+        ServerOptions {
+            max_connection_age: None,
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    assert!(!idle_connection_closed(&ageless, Duration::from_secs(3)).await);
 }

@@ -476,7 +476,7 @@ fn real_qwen_a_trace_opening_with_a_newline_splits_at_the_seam() {
 #[test]
 fn real_qwen_sft_prompts_are_the_judge_prompts() {
     use rmr1::engine::{EngineConfig, EngineHandle};
-    use rmr1::judge::judge_model::{JudgeModel, ModelDescription};
+    use rmr1::judge::judge_model::{JudgeModel, ModelDescription, RenderLimit};
     use rmr1::judge::{judge_messages, PairInput, PromptFamily, Turn};
     use std::sync::Arc;
 
@@ -500,6 +500,7 @@ fn real_qwen_sft_prompts_are_the_judge_prompts() {
         },
     )
     .unwrap();
+    let render_limit = RenderLimit::new(&tok, 32_768);
     let mut judge = JudgeModel {
         description: ModelDescription {
             name: "qwen-test".into(),
@@ -515,6 +516,7 @@ fn real_qwen_sft_prompts_are_the_judge_prompts() {
         engine,
         verdict_tokens: None,
         default_max_new_tokens: 16,
+        render_limit,
     };
     let inputs = [
         PairInput::Responses {

@@ -89,6 +89,8 @@ pub fn judge_params(
         top_p,
         seed: o.seed,
         both_orders: o.both_orders,
+        // The caller's identity is the service's to set.
+        client: Default::default(),
     })
 }
 

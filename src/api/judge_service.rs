@@ -4,12 +4,13 @@
 //! passes, which drops the engine streams inside it. The streaming handlers run in tasks that
 //! watch their output channel and return (dropping their judgments) as soon as the client is gone.
 
+use super::access::Caller;
 use super::convert;
 use super::drain::{self, Drain};
 use super::proto::judge_service_server::JudgeService;
 use super::proto::{
-    self, judge_batch_result, judge_stream_event, BatchError, JudgeBatchResult, JudgeRequest,
-    JudgeResponse, JudgeStreamEvent, RankRequest, RankResponse, ReasoningDelta,
+    self, judge_batch_result, judge_stream_event, BatchError, BatchRejection, JudgeBatchResult,
+    JudgeRequest, JudgeResponse, JudgeStreamEvent, RankRequest, RankResponse, ReasoningDelta,
 };
 use super::registry::ModelRegistry;
 use super::status::from_judge_error;
@@ -97,10 +98,15 @@ struct ValidJudgeRequest {
 }
 
 impl ValidJudgeRequest {
-    fn new(registry: &ModelRegistry, request: &JudgeRequest) -> Result<Self, Status> {
+    fn new(
+        registry: &ModelRegistry,
+        request: &JudgeRequest,
+        caller: &Caller,
+    ) -> Result<Self, Status> {
         let model = registry.get(&request.model)?;
         let input = convert::pair_input(request)?;
-        let params = convert::judge_params(request.options.as_ref(), &model)?;
+        let mut params = convert::judge_params(request.options.as_ref(), &model)?;
+        params.client = caller.identity.clone().into();
         Ok(Self {
             request_id: request.request_id.clone(),
             model,
@@ -139,8 +145,11 @@ impl ValidJudgeRequest {
 async fn judge_one(
     registry: &ModelRegistry,
     request: &JudgeRequest,
+    caller: &Caller,
 ) -> Result<JudgeResponse, Status> {
-    ValidJudgeRequest::new(registry, request)?.run(None).await
+    ValidJudgeRequest::new(registry, request, caller)?
+        .run(None)
+        .await
 }
 
 #[tonic::async_trait]
@@ -150,10 +159,19 @@ impl JudgeService for JudgeApi {
         request: Request<JudgeRequest>,
     ) -> Result<Response<JudgeResponse>, Status> {
         let call = RpcCall::start("Judge");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
-        let span = tracing::info_span!("judge", request_id = %request.request_id);
+        let span = tracing::info_span!(
+            "judge",
+            request_id = %request.request_id,
+            client = %caller.identity
+        );
         let result = match self.drain.enter() {
-            Ok(_in_flight) => judge_one(&self.registry, &request).instrument(span).await,
+            Ok(_in_flight) => {
+                judge_one(&self.registry, &request, &caller)
+                    .instrument(span)
+                    .await
+            }
             Err(status) => Err(status),
         };
         call.finish(&result);
@@ -166,13 +184,16 @@ impl JudgeService for JudgeApi {
         &self,
         request: Request<JudgeRequest>,
     ) -> Result<Response<Self::JudgeStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let call = RpcCall::start("JudgeStream");
         // Bad requests fail as a status, not as a stream item.
-        let prepared = self
-            .drain
-            .enter()
-            .and_then(|guard| Ok((guard, ValidJudgeRequest::new(&self.registry, &request)?)));
+        let prepared = self.drain.enter().and_then(|guard| {
+            Ok((
+                guard,
+                ValidJudgeRequest::new(&self.registry, &request, &caller)?,
+            ))
+        });
         let (in_flight, valid) = match prepared {
             Ok(prepared) => prepared,
             Err(status) => {
@@ -225,11 +246,13 @@ impl JudgeService for JudgeApi {
         if self.drain.is_draining() {
             return Err(drain::shutting_down());
         }
+        let caller = Caller::of(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(run_batch(
             self.registry.clone(),
             self.drain.clone(),
+            caller,
             inbound,
             tx,
         ));
@@ -238,10 +261,15 @@ impl JudgeService for JudgeApi {
 
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let call = RpcCall::start("Rank");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let span = tracing::info_span!("rank", request_id = %request.request_id);
         let result = match self.drain.enter() {
-            Ok(_in_flight) => rank_one(&self.registry, &request).instrument(span).await,
+            Ok(_in_flight) => {
+                rank_one(&self.registry, &request, &caller)
+                    .instrument(span)
+                    .await
+            }
             Err(status) => Err(status),
         };
         call.finish(&result);
@@ -258,12 +286,15 @@ fn delta_event(order: usize, text: String) -> JudgeStreamEvent {
     }
 }
 
-fn batch_error(request_id: String, status: Status) -> JudgeBatchResult {
+/// A failed item; `rejection` says when it was refused for a reason about the stream (a duplicate
+/// or missing id, the drain) rather than judged and failed.
+fn batch_error(request_id: String, status: Status, rejection: BatchRejection) -> JudgeBatchResult {
     JudgeBatchResult {
         request_id,
         outcome: Some(judge_batch_result::Outcome::Error(BatchError {
             code: status.code() as i32,
             message: status.message().to_string(),
+            rejection: rejection as i32,
         })),
     }
 }
@@ -280,6 +311,7 @@ fn batch_error(request_id: String, status: Status) -> JudgeBatchResult {
 async fn run_batch(
     registry: Arc<ModelRegistry>,
     drain: Arc<Drain>,
+    caller: Caller,
     mut inbound: Streaming<JudgeRequest>,
     tx: mpsc::Sender<Result<JudgeBatchResult, Status>>,
 ) {
@@ -321,38 +353,47 @@ async fn run_batch(
                     Ok(guard) => guard,
                     Err(status) => {
                         refused_in_drain += 1;
-                        let _ = tx.send(Ok(batch_error(id, status))).await;
+                        let item = batch_error(id, status, BatchRejection::ShuttingDown);
+                        let _ = tx.send(Ok(item)).await;
                         continue;
                     }
                 };
                 accepted += 1;
                 if id.is_empty() {
                     let status = Status::invalid_argument("request_id is required in JudgeBatch");
-                    let _ = tx.send(Ok(batch_error(id, status))).await;
+                    let item = batch_error(id, status, BatchRejection::MissingRequestId);
+                    let _ = tx.send(Ok(item)).await;
                     continue;
                 }
                 if !in_flight.insert(id.clone()) {
                     let status = Status::invalid_argument(format!(
-                        "request_id {id:?} is already in flight on this stream"
+                        "request_id {id:?} is already in flight on this stream; this answers the \
+                         duplicate, the first item's result comes separately"
                     ));
-                    let _ = tx.send(Ok(batch_error(id, status))).await;
+                    let item = batch_error(id, status, BatchRejection::DuplicateRequestId);
+                    let _ = tx.send(Ok(item)).await;
                     continue;
                 }
                 let registry = registry.clone();
+                let caller = caller.clone();
                 let tx = tx.clone();
                 let span = tracing::info_span!("judge_batch", request_id = %id);
                 running.spawn(
                     async move {
                         let _in_flight = guard;
                         let call = RpcCall::start("JudgeBatch");
-                        let result = judge_one(&registry, &request).await;
+                        let result = judge_one(&registry, &request, &caller).await;
                         call.finish(&result);
                         let item = match result {
                             Ok(response) => JudgeBatchResult {
                                 request_id: request.request_id.clone(),
                                 outcome: Some(judge_batch_result::Outcome::Response(response)),
                             },
-                            Err(status) => batch_error(request.request_id.clone(), status),
+                            Err(status) => batch_error(
+                                request.request_id.clone(),
+                                status,
+                                BatchRejection::Unspecified,
+                            ),
                         };
                         let _ = tx.send(Ok(item)).await;
                         request.request_id
@@ -389,7 +430,11 @@ async fn run_batch(
     }
 }
 
-async fn rank_one(registry: &ModelRegistry, request: &RankRequest) -> Result<RankResponse, Status> {
+async fn rank_one(
+    registry: &ModelRegistry,
+    request: &RankRequest,
+    caller: &Caller,
+) -> Result<RankResponse, Status> {
     let model = registry.get(&request.model)?;
     let conversation = convert::turns("conversation", &request.conversation)?;
     let n = request.candidates.len();
@@ -411,7 +456,8 @@ async fn rank_one(registry: &ModelRegistry, request: &RankRequest) -> Result<Ran
     }
     .validate()
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let params = convert::judge_params(request.options.as_ref(), &model)?;
+    let mut params = convert::judge_params(request.options.as_ref(), &model)?;
+    params.client = caller.identity.clone().into();
     let strategy = match proto::RankStrategy::try_from(request.strategy) {
         Ok(proto::RankStrategy::Unspecified) => default_strategy(n),
         Ok(proto::RankStrategy::AllPairs) if n > MAX_ALL_PAIRS_CANDIDATES => {

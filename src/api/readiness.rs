@@ -1,6 +1,7 @@
 //! Client-side readiness: what a CLI or harness asks a server before sending work — is it up,
 //! and has it finished loading its model (gRPC health SERVING)?
 
+use super::remote::RemoteAccess;
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -8,8 +9,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// The server's overall health, or `None` when it cannot be reached.
-pub async fn health(addr: &str) -> Result<Option<ServingStatus>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?;
+pub async fn health(addr: &str, access: &RemoteAccess) -> Result<Option<ServingStatus>> {
+    let endpoint = access.endpoint(addr)?;
     let Ok(channel) = endpoint.connect().await else {
         return Ok(None);
     };
@@ -24,10 +25,10 @@ pub async fn health(addr: &str) -> Result<Option<ServingStatus>> {
 
 /// Waits up to `seconds` for `addr` to report SERVING; with 0, checks once. The error says
 /// plainly whether the server was unreachable or still loading.
-pub async fn wait_until_serving(addr: &str, seconds: u64) -> Result<()> {
+pub async fn wait_until_serving(addr: &str, access: &RemoteAccess, seconds: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
-        let status = health(addr).await?;
+        let status = health(addr, access).await?;
         if status == Some(ServingStatus::Serving) {
             return Ok(());
         }

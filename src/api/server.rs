@@ -5,71 +5,36 @@
 //! NOT_SERVING until [`GrpcServer::add_model`] has loaded and warmed a model up. The training
 //! service needs no judge model and reports SERVING as soon as its job store is open.
 
+use super::access::AccessLayer;
 use super::drain::Drain;
 use super::judge_service::JudgeApi;
 use super::model_service::ModelApi;
+use super::options::ServerOptions;
 use super::proto::judge_service_server::JudgeServiceServer;
 use super::proto::model_service_server::ModelServiceServer;
 use super::proto::training_service_server::TrainingServiceServer;
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::registry::ModelRegistry;
 use super::training_service::TrainingApi;
-use crate::judge::judge_model::JudgeModel;
-use crate::serving_args::ModelArgs;
+use crate::judge::judge_model::{JudgeModel, JudgeModelOptions};
 use crate::train::{TrainJobs, TrainingConfig};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 /// Largest response message (raw outputs with 50k tokens, both orders).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
-
-/// Connection-level limits of the gRPC server (HTTP/2 and message sizes). Plain data: the CLI maps
-/// its flags onto it, tests and embedders build it directly.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerOptions {
-    /// Largest request message. A judge request is two replies and a conversation; anything larger
-    /// is refused (RESOURCE_EXHAUSTED) before it is decoded, let alone tokenized.
-    pub max_request_bytes: usize,
-    /// Streams a client may reset before the server accepted them, per connection, before the
-    /// HTTP/2 layer answers with GOAWAY. h2's default (20) lets one burst of short client deadlines
-    /// kill every call sharing the connection; rapid-reset floods are still bounded.
-    pub http2_max_pending_reset_streams: usize,
-    /// Ping an idle connection this often, and drop it when a ping goes unanswered for
-    /// `http2_keepalive_timeout`: dead peers do not hold connections (and file descriptors).
-    pub http2_keepalive_interval: std::time::Duration,
-    pub http2_keepalive_timeout: std::time::Duration,
-    /// Concurrent streams per connection.
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 flow-control windows, bytes. The connection window also sets h2's budget for DATA
-    /// frame overhead (half of it): with the 64 KiB default, a client sending a few thousand small
-    /// `JudgeBatch` items ahead got the connection closed (`too_many_data_frames`).
-    pub http2_connection_window: u32,
-    pub http2_stream_window: u32,
-    /// On shutdown, how long running judgments may take to finish before the server stops anyway.
-    pub drain_timeout: std::time::Duration,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            max_request_bytes: 16 << 20,
-            http2_max_pending_reset_streams: 1024,
-            http2_keepalive_interval: std::time::Duration::from_secs(30),
-            http2_keepalive_timeout: std::time::Duration::from_secs(20),
-            max_concurrent_streams: 1024,
-            http2_connection_window: 16 << 20,
-            http2_stream_window: 4 << 20,
-            drain_timeout: std::time::Duration::from_secs(30),
-        }
-    }
-}
+/// The health service name of the liveness probe: SERVING from start-up (also while a model
+/// loads, which can take minutes) until the engine dies. Readiness is the overall status ("").
+pub const LIVENESS_SERVICE: &str = "liveness";
+/// After the engine died: how long in-flight calls get to receive their error before the server
+/// stops.
+const ENGINE_FAILURE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct GrpcServer {
     local_addr: SocketAddr,
@@ -78,6 +43,8 @@ pub struct GrpcServer {
     registry: Arc<ModelRegistry>,
     health: HealthReporter,
     training: Option<Arc<TrainJobs>>,
+    /// Set (with the reason) when a served model's engine has stopped for good.
+    engine_failed: watch::Sender<Option<String>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -115,14 +82,9 @@ impl GrpcServer {
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(ModelRegistry::default());
         let (health, health_service) = tonic_health::server::health_reporter();
+        report_judging(&health, ServingStatus::NotServing).await;
         health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_not_serving::<JudgeServiceServer<JudgeApi>>()
-            .await;
-        health
-            .set_not_serving::<ModelServiceServer<ModelApi>>()
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -153,13 +115,21 @@ impl GrpcServer {
                 .await;
         }
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.load()?).context("configuring TLS")?;
+        }
+        if let Some(age) = options.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
             .http2_max_pending_accept_reset_streams(Some(options.http2_max_pending_reset_streams))
             .http2_keepalive_interval(Some(options.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
             .max_concurrent_streams(options.max_concurrent_streams)
             .initial_connection_window_size(options.http2_connection_window)
             .initial_stream_window_size(options.http2_stream_window)
+            .layer(AccessLayer::new(options.tokens.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -167,7 +137,7 @@ impl GrpcServer {
             .add_service(models)
             .add_optional_service(training_service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            super::accept::incoming(listener),
             async {
                 let _ = shutdown_rx.await;
             },
@@ -180,6 +150,7 @@ impl GrpcServer {
             registry,
             health,
             training,
+            engine_failed: watch::channel(None).0,
             shutdown: Some(shutdown_tx),
             task,
         })
@@ -203,10 +174,14 @@ impl GrpcServer {
         self.training.as_ref()
     }
 
-    /// Loads the model `args` name (off the async threads: reading weights blocks), then
-    /// [`Self::add_model`]s it.
-    pub async fn load_model(&self, args: &ModelArgs) -> Result<Arc<JudgeModel>> {
-        let (spec, options) = (args.spec()?.to_string(), args.options());
+    /// Loads the model `spec` names (a directory, GGUF file or hub id; off the async threads:
+    /// reading weights blocks), then [`Self::add_model`]s it.
+    pub async fn load_model(
+        &self,
+        spec: &str,
+        options: JudgeModelOptions,
+    ) -> Result<Arc<JudgeModel>> {
+        let spec = spec.to_string();
         let model = tokio::task::spawn_blocking(move || JudgeModel::load(&spec, &options))
             .await?
             .context("loading the model")?;
@@ -218,17 +193,31 @@ impl GrpcServer {
         model.warm_up().await.context("warming the model up")?;
         let model = Arc::new(model);
         self.registry.add(model.clone());
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        self.health
-            .set_serving::<JudgeServiceServer<JudgeApi>>()
-            .await;
-        self.health
-            .set_serving::<ModelServiceServer<ModelApi>>()
-            .await;
+        report_judging(&self.health, ServingStatus::Serving).await;
         tracing::info!(model = model.name(), family = %model.family(), "SERVING");
+        self.watch_engine(&model);
         Ok(model)
+    }
+
+    /// When `model`'s engine stops for good: NOT_SERVING everywhere (liveness included, so the
+    /// orchestrator restarts the process) and [`Self::run_until`] returns the failure.
+    fn watch_engine(&self, model: &Arc<JudgeModel>) {
+        let (fault, health) = (model.engine.fault().clone(), self.health.clone());
+        let (failed, name) = (self.engine_failed.clone(), model.name().to_string());
+        tokio::spawn(async move {
+            let reason = fault.wait().await.to_string();
+            tracing::error!(model = %name, %reason, "engine failed: NOT_SERVING, stopping");
+            report_judging(&health, ServingStatus::NotServing).await;
+            health
+                .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+                .await;
+            failed.send_replace(Some(format!("model {name}: {reason}")));
+        });
+    }
+
+    /// Why a served engine stopped, once one has.
+    pub fn engine_failure(&self) -> Option<String> {
+        self.engine_failed.borrow().clone()
     }
 
     /// Stops accepting calls, lets running ones finish, stops the training runner (a running job
@@ -257,10 +246,24 @@ impl GrpcServer {
     /// new batch items are refused UNAVAILABLE, running ones get up to the drain timeout to finish
     /// (open batch streams then end with a status saying what was not done), and the server stops
     /// — also when a client holds a connection open.
+    ///
+    /// When a served engine dies instead, new work is refused, in-flight calls get a moment to
+    /// receive their UNAVAILABLE, and this returns the failure (the process should exit non-zero).
     pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
-        tokio::select! {
+        let mut engine_failed = self.engine_failed.subscribe();
+        let engine_failure = tokio::select! {
             result = &mut self.task => return result?.context("gRPC server failed"),
-            _ = signal => {}
+            _ = signal => None,
+            reason = engine_failed.wait_for(Option::is_some) => {
+                Some(reason.ok().and_then(|r| r.clone()).unwrap_or_default())
+            }
+        };
+        if let Some(reason) = engine_failure {
+            self.drain.begin();
+            self.drain.wait_idle(ENGINE_FAILURE_FLUSH).await;
+            self.drain_timeout = ENGINE_FAILURE_FLUSH;
+            self.shutdown().await?;
+            anyhow::bail!("the engine failed: {reason}");
         }
         self.drain().await;
         self.shutdown().await
@@ -273,15 +276,7 @@ impl GrpcServer {
             timeout_s = self.drain_timeout.as_secs_f64(),
             "stopping: NOT_SERVING, refusing new judgments, finishing running ones"
         );
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_not_serving::<JudgeServiceServer<JudgeApi>>()
-            .await;
-        self.health
-            .set_not_serving::<ModelServiceServer<ModelApi>>()
-            .await;
+        report_judging(&self.health, ServingStatus::NotServing).await;
         self.drain.begin();
         if !self.drain.wait_idle(self.drain_timeout).await {
             tracing::warn!(
@@ -290,4 +285,21 @@ impl GrpcServer {
             );
         }
     }
+}
+
+/// Sets the overall status (readiness) and the judge and model services' to `status`.
+async fn report_judging(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <JudgeServiceServer<JudgeApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <ModelServiceServer<ModelApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }

@@ -11,6 +11,8 @@ pub fn from_judge_error(error: &JudgeError) -> Status {
         JudgeError::Render(_) => Code::Internal,
         JudgeError::Submit { error, .. } => submit_code(error),
         JudgeError::Engine(_) => Code::Internal,
+        JudgeError::EngineFailed(_) => Code::Unavailable,
+        JudgeError::TooLong { .. } => Code::InvalidArgument,
     };
     let message = match error {
         JudgeError::Submit {
@@ -31,7 +33,7 @@ fn submit_code(error: &SubmitError) -> Code {
         SubmitError::EmptyPrompt
         | SubmitError::PromptTooLong { .. }
         | SubmitError::InvalidParams(_) => Code::InvalidArgument,
-        SubmitError::QueueFull(_) => Code::ResourceExhausted,
+        SubmitError::QueueFull(_) | SubmitError::ClientQueueFull { .. } => Code::ResourceExhausted,
         // Our tokenizer produced an id the model does not have: a server configuration fault.
         SubmitError::UnknownToken(..) => Code::Internal,
         SubmitError::EngineStopped => Code::Unavailable,

@@ -162,7 +162,9 @@ pub fn run(args: JudgeBenchArgs) -> Result<()> {
 
 async fn bench(args: JudgeBenchArgs) -> Result<()> {
     let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-    server.load_model(&args.model).await?;
+    server
+        .load_model(args.model.spec()?, args.model.options())
+        .await?;
     let url = format!("http://{}", server.local_addr());
     // One judgment first, so every level starts with the system prompt in the prefix cache.
     let mut client = JudgeServiceClient::connect(url.clone()).await?;

@@ -20,6 +20,8 @@ pub struct EvalArgs {
     addr: Option<String>,
     #[command(flatten)]
     local: Option<ModelArgs>,
+    #[command(flatten)]
+    remote: rmr1::remote_args::RemoteArgs,
     /// With --addr: seconds to wait for the server to finish loading its model (health SERVING).
     #[arg(long, default_value_t = 600)]
     wait: u64,
@@ -93,6 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 (Some(addr), _) => Target::Remote {
                     addr: addr.clone(),
                     wait_seconds: args.wait,
+                    access: args.remote.access()?,
                 },
                 (None, Some(local)) if local.model.is_some() => {
                     Target::Local(Box::new(local.clone()))

@@ -12,9 +12,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct JudgeArgs {
-    /// Server address.
+    /// Server address (https:// for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    remote: rmr1::remote_args::RemoteArgs,
     /// The user's question (single turn).
     #[arg(long, conflicts_with = "file")]
     question: Option<String>,
@@ -142,12 +144,11 @@ async fn judge(args: JudgeArgs) -> Result<()> {
             include_reasoning: true,
         }),
     };
+    let access = args.remote.access()?;
     if args.wait > 0 {
-        rmr1::api::readiness::wait_until_serving(&args.addr, args.wait).await?;
+        rmr1::api::readiness::wait_until_serving(&args.addr, &access, args.wait).await?;
     }
-    let mut client = JudgeServiceClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?
+    let mut client = JudgeServiceClient::new(access.connect(&args.addr).await?)
         .max_decoding_message_size(64 << 20);
     let mut stream = client.judge_stream(request).await?.into_inner();
     let mut stdout = std::io::stdout();

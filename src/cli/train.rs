@@ -10,6 +10,7 @@ use rmr1::api::proto::{
     ListCheckpointsRequest, ListTrainJobsRequest, TrainJob, TrainJobEvent, TrainJobState,
     TrainProgress, WatchTrainJobRequest,
 };
+use rmr1::api::remote::RemoteChannel;
 use rmr1::api::training_convert::{spec_proto, state_from_proto, state_proto};
 use rmr1::train::job::JobState;
 use rmr1::train::TrainSpec;
@@ -17,14 +18,16 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Server address.
+    /// Server address (https:// for TLS). Training jobs need an admin token when the server
+    /// authenticates (--token-file or RMR1_TOKEN).
     #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    remote: rmr1::remote_args::RemoteArgs,
     #[command(subcommand)]
     command: TrainCommand,
 }
@@ -87,11 +90,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let channel = Channel::from_shared(args.addr.clone())
-            .with_context(|| format!("--addr {:?} is not a URL", args.addr))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", args.addr))?;
+        let channel = args.remote.access()?.connect(&args.addr).await?;
         let mut client = TrainingServiceClient::new(channel);
         match args.command {
             TrainCommand::Submit(a) => submit(&mut client, a).await,
@@ -130,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })
 }
 
-async fn submit(client: &mut TrainingServiceClient<Channel>, args: SubmitArgs) -> Result<()> {
+async fn submit(client: &mut TrainingServiceClient<RemoteChannel>, args: SubmitArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("reading {}", args.spec.display()))?;
     let spec = TrainSpec::from_json(&text)
@@ -153,7 +152,7 @@ async fn submit(client: &mut TrainingServiceClient<Channel>, args: SubmitArgs) -
 
 /// Watches `job_id` to its end, reconnecting from the last sequence seen; `Ok` only if it
 /// succeeded.
-async fn follow(client: &mut TrainingServiceClient<Channel>, job_id: &str) -> Result<()> {
+async fn follow(client: &mut TrainingServiceClient<RemoteChannel>, job_id: &str) -> Result<()> {
     let mut after = 0;
     let mut bar = ProgressLine::default();
     let mut retry = Duration::from_secs(1);
@@ -318,7 +317,7 @@ fn format_duration(seconds: f64) -> String {
     }
 }
 
-async fn list(client: &mut TrainingServiceClient<Channel>, args: ListArgs) -> Result<()> {
+async fn list(client: &mut TrainingServiceClient<RemoteChannel>, args: ListArgs) -> Result<()> {
     let states: Vec<i32> = args.states.iter().map(|s| state_proto(*s) as i32).collect();
     let labels: HashMap<String, String> = args.labels.into_iter().collect();
     println!(

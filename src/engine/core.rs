@@ -3,7 +3,8 @@
 
 use super::block_manager::{BlockManager, SeqId};
 use super::cache_plan;
-use super::request::{EngineEvent, FinishReason, GenerateRequest};
+use super::fault::Injection;
+use super::request::{ClientId, EngineEvent, FinishReason, GenerateRequest};
 use super::scheduler::{Schedule, Scheduler, SchedulerConfig};
 use super::sequence::{Progress, Sequence};
 use super::stats::EngineStats;
@@ -29,6 +30,9 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Requests waiting or running before new ones are refused.
     pub max_pending_requests: usize,
+    /// Of those, the most one client may hold (`None`: three quarters of them), so one client
+    /// cannot fill the queue for everyone.
+    pub max_pending_per_client: Option<usize>,
     /// Seed for requests that name none.
     pub seed: u64,
     /// On a GPU, the share of device memory the process may fill; the KV cache gets what the weights
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 512,
             max_model_len: None,
             max_pending_requests: 4096,
+            max_pending_per_client: None,
             seed: 0,
             gpu_memory_fraction: 0.90,
             export_metrics: true,
@@ -75,6 +80,8 @@ pub struct EngineCore {
     max_model_len: usize,
     seed: u64,
     stats: Arc<EngineStats>,
+    /// A test fault (see `fault::Injection`); `None` in production.
+    injection: Option<Injection>,
 }
 
 impl EngineCore {
@@ -128,6 +135,7 @@ impl EngineCore {
                 quiet: !config.export_metrics,
                 ..EngineStats::default()
             }),
+            injection: Injection::from_env(),
         })
     }
 
@@ -176,9 +184,19 @@ impl EngineCore {
         !self.scheduler.is_idle()
     }
 
-    /// Queues a validated request; its events go to `events`.
+    /// Queues a validated request of the anonymous client; its events go to `events`.
     pub fn add_request(
         &mut self,
+        request: GenerateRequest,
+        events: UnboundedSender<EngineEvent>,
+    ) -> SeqId {
+        self.add_request_for(&ClientId::default(), request, events)
+    }
+
+    /// Queues a validated request of `client`, which takes turns with other clients' requests.
+    pub fn add_request_for(
+        &mut self,
+        client: &ClientId,
         request: GenerateRequest,
         events: UnboundedSender<EngineEvent>,
     ) -> SeqId {
@@ -186,9 +204,10 @@ impl EngineCore {
         self.next_id += 1;
         // Requests without a seed still get a reproducible stream per (engine seed, request number).
         let default_seed = self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let seq = Sequence::new(id, request, &self.eos_ids, default_seed, events);
+        let mut seq = Sequence::new(id, request, &self.eos_ids, default_seed, events);
+        seq.client = client.clone();
         self.seqs.insert(id, seq);
-        self.scheduler.enqueue(id);
+        self.scheduler.enqueue(id, client);
         self.stats
             .set_queue(self.scheduler.num_running(), self.scheduler.num_waiting());
         id
@@ -234,10 +253,16 @@ impl EngineCore {
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         // Siblings still waiting for this sequence's prefill run on their own instead (their prompt
         // blocks will mostly come from the prefix cache).
+        let client = self
+            .seqs
+            .get(&id)
+            .map(|s| s.client.clone())
+            .unwrap_or_default();
         for child in self.pending_forks.remove(&id).unwrap_or_default() {
-            let seq = Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
+            let mut seq = Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
+            seq.client = client.clone();
             self.seqs.insert(child.id, seq);
-            self.scheduler.enqueue(child.id);
+            self.scheduler.enqueue(child.id, &client);
         }
         self.scheduler.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
@@ -282,7 +307,12 @@ impl EngineCore {
         let result = self
             .attention
             .copy_blocks(&schedule.copies)
-            .and_then(|_| self.model.forward(&batch, self.attention.as_mut()));
+            .and_then(|_| self.model.forward(&batch, self.attention.as_mut()))
+            .map_err(anyhow::Error::from)
+            .and_then(|logits| match &self.injection {
+                Some(injection) => injection.fire().map(|_| logits),
+                None => Ok(logits),
+            });
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -290,7 +320,7 @@ impl EngineCore {
                 tracing::error!(error = %e, "forward step failed");
                 let ids: Vec<SeqId> = schedule.scheduled.iter().map(|s| s.id).collect();
                 self.fail_all(&ids, &format!("engine step failed: {e}"));
-                return Err(e.into());
+                return Err(e);
             }
         };
 
@@ -348,6 +378,21 @@ impl EngineCore {
         self.stats
             .set_kv_usage(self.scheduler.blocks().pool().usage());
         Ok(batch.tokens.len())
+    }
+
+    /// Ends every request (queued, running, or a group sample waiting for its prompt) with an error
+    /// event: the engine is about to stop for good.
+    pub fn fail_everything(&mut self, message: &str) {
+        for fork in self.pending_forks.drain().flat_map(|(_, forks)| forks) {
+            let _ = fork.events.send(EngineEvent::Error(message.to_string()));
+        }
+        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
+        self.fail_all(&ids, message);
+    }
+
+    /// Whether the model runs on a GPU, where a failed step leaves the device in an unknown state.
+    pub fn runs_on_gpu(&self) -> bool {
+        !self.model.device().is_cpu()
     }
 
     /// Ends `ids` with an error event and frees their blocks; the rest of the batch is unaffected.

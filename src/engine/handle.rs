@@ -5,13 +5,15 @@
 //! that channel, which the engine notices at its next step: the sequence stops and frees its blocks.
 
 use super::core::{EngineConfig, EngineCore};
-use super::request::{EngineEvent, GenerateRequest};
+use super::fault::{self, EngineFault, StepSupervisor};
+use super::request::{ClientId, EngineEvent, GenerateRequest};
 use super::stats::EngineStats;
 use crate::model::Qwen2;
 use anyhow::Result;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::{mpsc, Mutex};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -28,12 +30,17 @@ pub enum SubmitError {
     InvalidParams(String),
     #[error("engine queue is full ({0} requests pending)")]
     QueueFull(usize),
+    #[error(
+        "this client already has {pending} requests pending (at most {max} per client, so that \
+         one client cannot fill the queue for everyone)"
+    )]
+    ClientQueueFull { pending: usize, max: usize },
     #[error("engine has stopped")]
     EngineStopped,
 }
 
 enum Command {
-    Submit(GenerateRequest, UnboundedSender<EngineEvent>),
+    Submit(ClientId, GenerateRequest, UnboundedSender<EngineEvent>),
     SubmitGroup(GenerateRequest, Vec<UnboundedSender<EngineEvent>>),
 }
 
@@ -43,6 +50,7 @@ pub struct EngineLimits {
     pub max_model_len: usize,
     pub vocab_size: usize,
     pub max_pending_requests: usize,
+    pub max_pending_per_client: usize,
 }
 
 #[derive(Clone)]
@@ -50,7 +58,9 @@ pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     limits: EngineLimits,
     pending: Arc<AtomicUsize>,
+    pending_per_client: PendingByClient,
     stats: Arc<EngineStats>,
+    fault: Arc<EngineFault>,
 }
 
 /// Events of one request, in order, ending with `Finished` or `Error`.
@@ -59,12 +69,28 @@ pub struct RequestStream {
     _slot: PendingSlot,
 }
 
-/// Counts a request as pending from submission until its stream is dropped.
-struct PendingSlot(Arc<AtomicUsize>);
+/// Requests pending per client (clients with none are absent).
+type PendingByClient = Arc<Mutex<HashMap<ClientId, usize>>>;
+
+/// Counts a request as pending (in all, and for its client) from submission until its stream is
+/// dropped.
+struct PendingSlot {
+    total: Arc<AtomicUsize>,
+    client: Option<(PendingByClient, ClientId)>,
+}
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some((counts, client)) = &self.client {
+            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = counts.get_mut(client) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(client);
+                }
+            }
+        }
     }
 }
 
@@ -98,18 +124,31 @@ impl EngineHandle {
             max_model_len: core.max_model_len(),
             vocab_size,
             max_pending_requests: config.max_pending_requests,
+            max_pending_per_client: config
+                .max_pending_per_client
+                .unwrap_or(config.max_pending_requests * 3 / 4)
+                .max(1),
         };
         let stats = core.stats();
+        let fault = Arc::new(EngineFault::default());
         let (tx, rx) = mpsc::channel();
+        let thread_fault = fault.clone();
         std::thread::Builder::new()
             .name("rmr1-engine".into())
-            .spawn(move || run(core, rx))?;
+            .spawn(move || run(core, rx, &thread_fault))?;
         Ok(Self {
             commands: tx,
             limits,
             pending: Arc::new(AtomicUsize::new(0)),
+            pending_per_client: Arc::default(),
             stats,
+            fault,
         })
+    }
+
+    /// Set when the engine has stopped for good (see `engine::fault`); the server watches it.
+    pub fn fault(&self) -> &Arc<EngineFault> {
+        &self.fault
     }
 
     pub fn limits(&self) -> EngineLimits {
@@ -157,9 +196,70 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// A request of the anonymous client (tools, benchmarks).
     pub fn submit(&self, request: GenerateRequest) -> Result<RequestStream, SubmitError> {
-        let mut streams = self.submit_n(request, 1)?;
-        Ok(streams.remove(0))
+        self.submit_for(&ClientId::default(), request)
+    }
+
+    /// A request of `client`: it takes turns with other clients' requests for admission, and
+    /// counts against the client's share of the pending requests (except the anonymous client's).
+    pub fn submit_for(
+        &self,
+        client: &ClientId,
+        request: GenerateRequest,
+    ) -> Result<RequestStream, SubmitError> {
+        self.validate(&request)?;
+        if self.fault.get().is_some() {
+            return Err(SubmitError::EngineStopped);
+        }
+        // The anonymous client (in-process tools) is the only one there is: no share to keep.
+        let share = Some(client).filter(|c| **c != ClientId::default());
+        let slot = self.reserve(1, share)?;
+        let (events, receiver) = unbounded_channel();
+        self.commands
+            .send(Command::Submit(client.clone(), request, events))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        Ok(RequestStream {
+            events: receiver,
+            _slot: slot.into_iter().next().expect("one slot"),
+        })
+    }
+
+    /// Counts `n` pending requests, or refuses them when the engine's (or the client's) share
+    /// is taken.
+    fn reserve(
+        &self,
+        n: usize,
+        client: Option<&ClientId>,
+    ) -> Result<Vec<PendingSlot>, SubmitError> {
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        let mut slots: Vec<PendingSlot> = (0..n)
+            .map(|_| PendingSlot {
+                total: self.pending.clone(),
+                client: None,
+            })
+            .collect();
+        if before + n > self.limits.max_pending_requests {
+            return Err(SubmitError::QueueFull(before));
+        }
+        if let Some(client) = client {
+            let mut counts = self
+                .pending_per_client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let pending = counts.get(client).copied().unwrap_or(0);
+            if pending + n > self.limits.max_pending_per_client {
+                return Err(SubmitError::ClientQueueFull {
+                    pending,
+                    max: self.limits.max_pending_per_client,
+                });
+            }
+            *counts.entry(client.clone()).or_default() += n;
+            for slot in &mut slots {
+                slot.client = Some((self.pending_per_client.clone(), client.clone()));
+            }
+        }
+        Ok(slots)
     }
 
     /// `n` samples of one prompt, computed once and shared copy-on-write (see
@@ -173,14 +273,14 @@ impl EngineHandle {
         if n == 0 {
             return Err(SubmitError::InvalidParams("n is 0".into()));
         }
-        let before = self.pending.fetch_add(n, Ordering::AcqRel);
-        let slots: Vec<PendingSlot> = (0..n).map(|_| PendingSlot(self.pending.clone())).collect();
-        if before + n > self.limits.max_pending_requests {
-            return Err(SubmitError::QueueFull(before));
+        if self.fault.get().is_some() {
+            return Err(SubmitError::EngineStopped);
         }
+        let slots = self.reserve(n, None)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded_channel()).unzip();
         let command = if n == 1 {
-            Command::Submit(request, senders.into_iter().next().expect("one sender"))
+            let events = senders.into_iter().next().expect("one sender");
+            Command::Submit(ClientId::default(), request, events)
         } else {
             Command::SubmitGroup(request, senders)
         };
@@ -198,7 +298,8 @@ impl EngineHandle {
     }
 }
 
-fn run(mut core: EngineCore, commands: mpsc::Receiver<Command>) {
+fn run(mut core: EngineCore, commands: mpsc::Receiver<Command>, fault: &EngineFault) {
+    let mut supervisor = StepSupervisor::default();
     loop {
         // Block only when idle; otherwise take whatever arrived and keep stepping.
         let first = if core.has_work() {
@@ -218,16 +319,17 @@ fn run(mut core: EngineCore, commands: mpsc::Receiver<Command>) {
             .chain(std::iter::from_fn(|| commands.try_recv().ok()))
         {
             match command {
-                Command::Submit(request, events) => {
-                    core.add_request(request, events);
+                Command::Submit(client, request, events) => {
+                    core.add_request_for(&client, request, events);
                 }
                 Command::SubmitGroup(request, events) => {
                     core.add_group(request, events);
                 }
             }
         }
-        if let Err(e) = core.step() {
-            tracing::error!(error = %e, "engine step failed; its sequences were failed");
+        if let Err(fatal) = supervisor.step(&mut core) {
+            // Returning drops the command receiver: later submissions get EngineStopped.
+            return fault::stop_for_good(&mut core, fault, fatal);
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod core;
 pub mod detokenizer;
 #[cfg(feature = "cuda")]
 pub mod device_sampler;
+pub mod fair_queue;
+pub mod fault;
 pub mod handle;
 pub mod request;
 pub mod sampler;
@@ -16,8 +18,9 @@ pub mod sequence;
 pub mod stats;
 
 pub use self::core::{EngineConfig, EngineCore};
+pub use fault::EngineFault;
 pub use handle::{EngineHandle, RequestStream, SubmitError};
 pub use request::{
-    EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
+    ClientId, EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
     SamplingParams, TokenEvent, Usage,
 };

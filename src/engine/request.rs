@@ -68,6 +68,30 @@ pub enum ProbeTrigger {
     EveryStep,
 }
 
+/// Who a request is for, so that the engine's waiting queue can take turns between clients (see
+/// `fair_queue`). The API layer sets it from the caller (token name, certificate or IP); the
+/// default, empty identity is one anonymous client (CLI tools, benchmarks, training rollouts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ClientId(std::sync::Arc<str>);
+
+impl ClientId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(id: &str) -> Self {
+        Self(id.into())
+    }
+}
+
+impl From<std::sync::Arc<str>> for ClientId {
+    fn from(id: std::sync::Arc<str>) -> Self {
+        Self(id)
+    }
+}
+
 /// A generation request for the engine. Prompts arrive tokenized: rendering is the caller's job.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {

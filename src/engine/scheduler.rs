@@ -3,10 +3,12 @@
 //! `max_num_seqs` sequences, and preemption of the youngest sequence when KV blocks run out.
 
 use super::block_manager::{BlockManager, SeqId};
+use super::fair_queue::FairQueue;
+use super::request::ClientId;
 use super::request::FinishReason;
 use super::sequence::Sequence;
 use crate::model::BlockId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -40,7 +42,8 @@ pub struct Schedule {
 pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
-    waiting: VecDeque<SeqId>,
+    /// Taking turns between clients; preempted sequences first.
+    waiting: FairQueue,
     /// In admission order: the last one is the youngest and the first to be preempted.
     running: Vec<SeqId>,
 }
@@ -51,7 +54,7 @@ impl Scheduler {
         Self {
             config,
             blocks,
-            waiting: VecDeque::new(),
+            waiting: FairQueue::default(),
             running: Vec::new(),
         }
     }
@@ -76,8 +79,8 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    pub fn enqueue(&mut self, id: SeqId) {
-        self.waiting.push_back(id);
+    pub fn enqueue(&mut self, id: SeqId, client: &ClientId) {
+        self.waiting.push_back(id, client);
     }
 
     /// Starts `child` as a running sequence sharing all of `parent`'s blocks (copy-on-write).
@@ -88,7 +91,7 @@ impl Scheduler {
 
     /// Forgets a sequence wherever it is and returns its blocks.
     pub fn remove(&mut self, id: SeqId) {
-        self.waiting.retain(|&s| s != id);
+        self.waiting.remove(id);
         self.running.retain(|&s| s != id);
         self.blocks.free(id);
     }
@@ -147,9 +150,10 @@ impl Scheduler {
             }
         }
 
-        // Admissions, first come first served: a request that does not fit blocks those behind it.
+        // Admissions, clients taking turns (first come first served within a client): a request that
+        // does not fit blocks those behind it.
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(&id) = self.waiting.front() else {
+            let Some(id) = self.waiting.front() else {
                 break;
             };
             let seq = seqs.get_mut(&id).expect("waiting sequence exists");

@@ -3,7 +3,7 @@
 use super::block_manager::SeqId;
 use super::detokenizer::Detokenizer;
 use super::request::{
-    EngineEvent, FinishReason, Finished, GenerateRequest, ProbeResult, ProbeTrigger,
+    ClientId, EngineEvent, FinishReason, Finished, GenerateRequest, ProbeResult, ProbeTrigger,
     SamplingParams, Timings, TokenEvent, Usage,
 };
 use super::sampler::{self, LogSoftmax};
@@ -32,6 +32,8 @@ pub struct Sequence {
     last_token: Option<Instant>,
     pub preemptions: u32,
     pub cached_tokens: usize,
+    /// Whose request this is (fair admission between clients).
+    pub client: ClientId,
 }
 
 /// What happened when a sequence received its next token.
@@ -70,6 +72,7 @@ impl Sequence {
             last_token: None,
             preemptions: 0,
             cached_tokens: 0,
+            client: ClientId::default(),
         }
     }
 

@@ -17,6 +17,7 @@ use crate::api::proto::{
     judge_batch_result, judge_request, JudgeOptions, JudgeRequest, ListModelsRequest, Message,
     ResponsePair, Role as WireRole, Verdict,
 };
+use crate::api::remote::{RemoteAccess, RemoteChannel};
 use crate::api::GrpcServer;
 use crate::judge::{Role, Turn};
 use crate::serving_args::ModelArgs;
@@ -31,7 +32,11 @@ use tonic::Code;
 pub enum Target {
     /// A running server, e.g. `http://127.0.0.1:50051`, and how long to wait for it to finish
     /// loading its model.
-    Remote { addr: String, wait_seconds: u64 },
+    Remote {
+        addr: String,
+        wait_seconds: u64,
+        access: RemoteAccess,
+    },
     /// Load this model into an in-process server on loopback.
     Local(Box<ModelArgs>),
 }
@@ -123,26 +128,28 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
     if loaded.tasks.is_empty() {
         bail!("{} holds no judgments to make", options.data.display());
     }
-    let (url, _server) = match &options.target {
-        Target::Remote { addr, wait_seconds } => {
-            let ready = crate::api::readiness::health(addr).await?
+    let (url, access, _server) = match &options.target {
+        Target::Remote {
+            addr,
+            wait_seconds,
+            access,
+        } => {
+            let ready = crate::api::readiness::health(addr, access).await?
                 == Some(tonic_health::pb::health_check_response::ServingStatus::Serving);
             if !ready && *wait_seconds > 0 {
                 eprintln!("waiting up to {wait_seconds} s for {addr} to serve its model");
             }
-            crate::api::readiness::wait_until_serving(addr, *wait_seconds).await?;
-            (addr.clone(), None)
+            crate::api::readiness::wait_until_serving(addr, access, *wait_seconds).await?;
+            (addr.clone(), access.clone(), None)
         }
         Target::Local(args) => {
             let server = GrpcServer::start("127.0.0.1:0".parse()?).await?;
-            server.load_model(args).await?;
-            (format!("http://{}", server.local_addr()), Some(server))
+            server.load_model(args.spec()?, args.options()).await?;
+            let url = format!("http://{}", server.local_addr());
+            (url, RemoteAccess::default(), Some(server))
         }
     };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let channel = access.connect(&url).await?;
     let model = served_model_name(channel.clone(), &options.model).await?;
     let header = RunHeader {
         rmr1_eval_log: LOG_VERSION,
@@ -183,7 +190,7 @@ pub async fn run(options: EvalOptions) -> Result<EvalReport> {
     report::score(&log.header, &log.records, loaded.skipped)
 }
 
-async fn served_model_name(channel: tonic::transport::Channel, requested: &str) -> Result<String> {
+async fn served_model_name(channel: RemoteChannel, requested: &str) -> Result<String> {
     let models = ModelServiceClient::new(channel)
         .list_models(ListModelsRequest {})
         .await
@@ -214,7 +221,7 @@ async fn served_model_name(channel: tonic::transport::Channel, requested: &str) 
 /// number of judgments that failed for a reason other than invalid input (those are not logged,
 /// so a rerun retries them).
 async fn judge_all(
-    channel: tonic::transport::Channel,
+    channel: RemoteChannel,
     options: &EvalOptions,
     pending: &[&PairTask],
     log: &mut JudgmentLog,

@@ -64,6 +64,21 @@ pub enum PairInput {
     Conversations { a: Vec<Turn>, b: Vec<Turn> },
 }
 
+impl PairInput {
+    /// Bytes of text in all turns and replies: what rendering and tokenizing will have to read.
+    pub fn text_bytes(&self) -> usize {
+        let turns = |turns: &[Turn]| turns.iter().map(|t| t.content.len()).sum::<usize>();
+        match self {
+            Self::Responses {
+                conversation,
+                response_a,
+                response_b,
+            } => turns(conversation) + response_a.len() + response_b.len(),
+            Self::Conversations { a, b } => turns(a) + turns(b),
+        }
+    }
+}
+
 /// Why a [`PairInput`] cannot be judged. Every message starts with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {

@@ -32,6 +32,46 @@ pub struct JudgeModel {
     /// has no single-token `A`/`B` (then no verdict probabilities are reported).
     pub verdict_tokens: Option<[u32; 2]>,
     pub default_max_new_tokens: usize,
+    pub render_limit: RenderLimit,
+}
+
+/// Prompts tokenized at once, at most. A judge prompt of a few kilobytes takes about a millisecond,
+/// so four keep well ahead of any engine; a prompt near the size limit takes seconds and memory
+/// in proportion (about 150 bytes per byte of text), which four at a time bound.
+pub const MAX_CONCURRENT_RENDERS: usize = 4;
+
+/// Bounds on rendering and tokenizing prompts, which happens before the engine can refuse
+/// anything: a request of many megabytes would otherwise cost seconds of CPU and gigabytes of
+/// memory only to be found too long.
+pub struct RenderLimit {
+    /// The longest token of the vocabulary, in bytes of the text it stands for (an upper bound).
+    pub max_token_bytes: usize,
+    /// Text longer than this cannot fit the context whatever it tokenizes to: refused unread.
+    pub max_input_bytes: usize,
+    /// Prompts tokenized at once (one per core, at most [`MAX_CONCURRENT_RENDERS`]).
+    pub permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl RenderLimit {
+    pub fn new(tokenizer: &ModelTokenizer, max_model_len: usize) -> Self {
+        // Each token decoded alone: the bytes of text it stands for (a lone piece of a multi-byte
+        // character decodes to U+FFFD, 3 bytes for 1: an overestimate, which is the safe side).
+        let vocab = tokenizer.vocab_size() as u32;
+        let max_token_bytes = (0..vocab)
+            .filter_map(|id| tokenizer.inner().decode(&[id], false).ok())
+            .map(|text| text.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            max_token_bytes,
+            max_input_bytes: max_model_len.saturating_mul(max_token_bytes),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                cores.min(MAX_CONCURRENT_RENDERS),
+            )),
+        }
+    }
 }
 
 impl JudgeModel {
@@ -69,10 +109,12 @@ impl JudgeModel {
             tokenizer.eos_ids().to_vec(),
             engine_config,
         )?;
+        let render_limit = RenderLimit::new(&tokenizer, engine.limits().max_model_len);
         Ok(Self {
             description,
             tokenizer: Arc::new(tokenizer),
             engine,
+            render_limit,
             verdict_tokens: verdict_tokens.map(|(a, b)| [a, b]),
             default_max_new_tokens: choice
                 .manifest

@@ -14,7 +14,7 @@ use super::probability::{
 use super::prompt::judge_messages;
 use super::verdict::{evaluation_verdict, rl_reward_verdict, InvalidReason, Side};
 use crate::engine::{
-    EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
+    ClientId, EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
     SamplingParams, SubmitError, Usage,
 };
 use crate::metrics as m;
@@ -29,6 +29,8 @@ pub struct JudgeParams {
     pub top_p: f32,
     pub seed: Option<u64>,
     pub both_orders: bool,
+    /// Who asked: the engine takes turns between clients.
+    pub client: ClientId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,23 @@ pub enum JudgeError {
     Submit { order: usize, error: SubmitError },
     #[error("generation failed: {0}")]
     Engine(String),
+    /// The engine stopped for good (see `engine::fault`); the server is going down.
+    #[error(
+        "the judge's engine failed and this server is restarting ({0}); retry on another replica"
+    )]
+    EngineFailed(String),
+    /// More text than the model's context could hold, whatever it tokenizes to.
+    #[error(
+        "the conversation and responses hold {bytes} bytes of text; this model's context of \
+         {context} tokens cannot hold more than {max} bytes (no token is longer than {per_token} \
+         bytes)"
+    )]
+    TooLong {
+        bytes: usize,
+        max: usize,
+        context: usize,
+        per_token: usize,
+    },
 }
 
 /// Text deltas as they are generated: `(order, text)`, order 0 = as given, 1 = swapped.
@@ -102,6 +121,48 @@ impl JudgeModel {
             .map_err(JudgeError::Render)
     }
 
+    /// The prompts for `inputs`, rendered and tokenized on the blocking pool, a bounded number
+    /// at a time: tokenizing a long request takes seconds of CPU, which on the async workers
+    /// would stall every other call (health checks included).
+    async fn render_prompts(&self, inputs: Vec<PairInput>) -> Result<Vec<Vec<u32>>, JudgeError> {
+        let limit = &self.render_limit;
+        let bytes = inputs.iter().map(PairInput::text_bytes).max().unwrap_or(0);
+        if bytes > limit.max_input_bytes {
+            return Err(JudgeError::TooLong {
+                bytes,
+                max: limit.max_input_bytes,
+                context: self.engine.limits().max_model_len,
+                per_token: limit.max_token_bytes,
+            });
+        }
+        let _permit = limit
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| JudgeError::Render(e.into()))?;
+        let (tokenizer, family) = (self.tokenizer.clone(), self.family());
+        tokio::task::spawn_blocking(move || {
+            inputs
+                .iter()
+                .map(|input| {
+                    tokenizer
+                        .encode_chat_prompt(&judge_messages(family, input))
+                        .map_err(JudgeError::Render)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| JudgeError::Render(e.into()))?
+    }
+
+    /// What an engine error means for this request: the engine's own death, or this request's.
+    fn engine_error(&self, message: String) -> JudgeError {
+        match self.engine.fault().get() {
+            Some(reason) => JudgeError::EngineFailed(reason.to_string()),
+            None => JudgeError::Engine(message),
+        }
+    }
+
     fn sampling(&self, params: &JudgeParams, order: usize) -> SamplingParams {
         SamplingParams {
             temperature: params.temperature,
@@ -137,15 +198,17 @@ impl JudgeModel {
         } else {
             &[false]
         };
-        let mut prompts = Vec::with_capacity(swaps.len());
-        for &swapped in swaps {
-            let shown = if swapped {
-                input.swapped()
-            } else {
-                input.clone()
-            };
-            prompts.push(self.render_prompt(&shown)?);
-        }
+        let shown = swaps
+            .iter()
+            .map(|&swapped| {
+                if swapped {
+                    input.swapped()
+                } else {
+                    input.clone()
+                }
+            })
+            .collect();
+        let prompts = self.render_prompts(shown).await?;
         // Submit every order before awaiting any, and fail as a whole: dropping the streams of
         // already-submitted orders cancels them.
         let mut streams = Vec::with_capacity(prompts.len());
@@ -156,8 +219,11 @@ impl JudgeModel {
             };
             let stream = self
                 .engine
-                .submit(request)
-                .map_err(|error| JudgeError::Submit { order, error })?;
+                .submit_for(&params.client, request)
+                .map_err(|error| match error {
+                    SubmitError::EngineStopped => self.engine_error(error.to_string()),
+                    error => JudgeError::Submit { order, error },
+                })?;
             streams.push(stream);
         }
         let generations = futures::future::try_join_all(
@@ -167,7 +233,11 @@ impl JudgeModel {
                 .enumerate()
                 .map(|(order, (stream, prompt))| collect(order, stream, prompt, deltas)),
         )
-        .await?;
+        .await
+        .map_err(|error| match error {
+            JudgeError::Engine(message) => self.engine_error(message),
+            other => other,
+        })?;
 
         let mut orders = Vec::with_capacity(generations.len());
         for (generated, &swapped) in generations.into_iter().zip(swaps) {

@@ -179,6 +179,7 @@ pub fn eval_options(
         target: rmr1::eval::runner::Target::Remote {
             addr: server.url(),
             wait_seconds: 0,
+            access: Default::default(),
         },
         model: String::new(),
         concurrency: 8,

@@ -406,4 +406,5 @@ pub fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
 }
 pub mod grpo;
 pub mod judge_server;
+pub mod serve_process;
 pub mod training;

@@ -30,7 +30,10 @@ def free_port() -> int:
 
 
 class Rmr1Server:
-    """``rmr1 serve --model MODEL`` as a child process; ``addr`` is set once it is SERVING."""
+    """``rmr1 serve --model MODEL`` as a child process; ``addr`` is set once it is SERVING.
+
+    ``metrics_listen`` is ``--metrics-listen`` ("off", or ``127.0.0.1:PORT`` for ``/metrics``).
+    """
 
     def __init__(
         self,
@@ -38,12 +41,13 @@ class Rmr1Server:
         *,
         port: int = 0,
         served_name: str = "tiny",
+        metrics_listen: str = "off",
         extra_args: tuple[str, ...] = (),
         binary: Path | None = None,
     ) -> None:
         self.cmd = [
             str(binary or rmr1_binary()), "serve", "--model", str(model), "--family", "instruct",
-            "--served-name", served_name, "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off",
+            "--served-name", served_name, "--listen", f"127.0.0.1:{port}", "--metrics-listen", metrics_listen,
             "--kv-cache-mib", "256", *extra_args,
         ]
         self.proc: subprocess.Popen | None = None

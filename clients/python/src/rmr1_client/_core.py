@@ -81,6 +81,21 @@ def batch_deadline(timeout: float, n: int, concurrency: int) -> float:
     return timeout * max(1, math.ceil(n / max(1, concurrency)))
 
 
+_REJECTION_PREFIX = "BATCH_REJECTION_"
+
+
+def rejection_name(value: int) -> str | None:
+    """A ``BatchRejection`` value as its name without the prefix ("DUPLICATE_REQUEST_ID"); None for
+    UNSPECIFIED. A value newer than these stubs becomes "UNKNOWN_<n>"."""
+    if value == judge_pb2.BATCH_REJECTION_UNSPECIFIED:
+        return None
+    try:
+        name = judge_pb2.BatchRejection.Name(value)
+    except ValueError:
+        return f"UNKNOWN_{value}"
+    return name[len(_REJECTION_PREFIX):] if name.startswith(_REJECTION_PREFIX) else name
+
+
 class Batch:
     """The bookkeeping of one ``judge_many`` call across retry rounds.
 
@@ -123,7 +138,10 @@ class Batch:
             index = None
         if res.HasField("response"):
             return index, Judgment.from_proto(res.response)
-        return index, RMR1Error(status_code_from_int(res.error.code), res.error.message, request_id=res.request_id)
+        return index, RMR1Error(
+            status_code_from_int(res.error.code), res.error.message, request_id=res.request_id,
+            rejection=rejection_name(res.error.rejection),
+        )
 
     def finish_round(
         self, sent: list[int], got: dict[int, Judgment | RMR1Error], stream_error: RMR1Error | None
@@ -135,7 +153,7 @@ class Batch:
                 result = stream_error or RMR1Error(
                     grpc.StatusCode.INTERNAL, "the JudgeBatch stream ended without a result for this item"
                 )
-                result = RMR1Error(result.code, result.message, request_id=str(i))
+                result = RMR1Error(result.code, result.message, request_id=str(i), rejection=result.rejection)
             if isinstance(result, RMR1Error):
                 result.attempts = self.attempt
                 if result.retryable and self.attempt < self.policy.max_attempts:

@@ -22,7 +22,10 @@ class RMR1Error(Exception):
     """A failed call or batch item: ``code`` (a :class:`grpc.StatusCode`) and the server's message.
 
     ``attempts`` says how many tries the call made (more than 1 after retries on UNAVAILABLE /
-    RESOURCE_EXHAUSTED). ``request_id`` is set for :meth:`Client.judge_many` items.
+    RESOURCE_EXHAUSTED). ``request_id`` is set for :meth:`Client.judge_many` items. ``rejection``
+    names why the server refused a batch item for a reason about the stream rather than the
+    request ("DUPLICATE_REQUEST_ID", "MISSING_REQUEST_ID", "SHUTTING_DOWN": the ``BatchRejection``
+    value without its prefix); None for every other error.
     """
 
     def __init__(
@@ -32,12 +35,14 @@ class RMR1Error(Exception):
         *,
         attempts: int = 1,
         request_id: str | None = None,
+        rejection: str | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.attempts = attempts
         self.request_id = request_id
+        self.rejection = rejection
 
     @property
     def retryable(self) -> bool:
@@ -57,8 +62,12 @@ class RMR1Error(Exception):
         return cls(code, details, attempts=attempts)
 
     def __reduce__(self):  # picklable across processes (Ray, multiprocessing)
-        return (_rebuild, (self.code.value[0], self.message, self.attempts, self.request_id))
+        return (_rebuild, (self.code.value[0], self.message, self.attempts, self.request_id, self.rejection))
 
 
-def _rebuild(code: int, message: str, attempts: int, request_id: str | None) -> RMR1Error:
-    return RMR1Error(status_code_from_int(code), message, attempts=attempts, request_id=request_id)
+def _rebuild(
+    code: int, message: str, attempts: int, request_id: str | None, rejection: str | None = None
+) -> RMR1Error:
+    return RMR1Error(
+        status_code_from_int(code), message, attempts=attempts, request_id=request_id, rejection=rejection
+    )

@@ -28,6 +28,13 @@ class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_TYPE_CHAT: _ClassVar[TaskType]
     TASK_TYPE_REASONING: _ClassVar[TaskType]
 
+class BatchRejection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BATCH_REJECTION_UNSPECIFIED: _ClassVar[BatchRejection]
+    BATCH_REJECTION_DUPLICATE_REQUEST_ID: _ClassVar[BatchRejection]
+    BATCH_REJECTION_MISSING_REQUEST_ID: _ClassVar[BatchRejection]
+    BATCH_REJECTION_SHUTTING_DOWN: _ClassVar[BatchRejection]
+
 class RankStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RANK_STRATEGY_UNSPECIFIED: _ClassVar[RankStrategy]
@@ -44,6 +51,10 @@ VERDICT_INVALID: Verdict
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_CHAT: TaskType
 TASK_TYPE_REASONING: TaskType
+BATCH_REJECTION_UNSPECIFIED: BatchRejection
+BATCH_REJECTION_DUPLICATE_REQUEST_ID: BatchRejection
+BATCH_REJECTION_MISSING_REQUEST_ID: BatchRejection
+BATCH_REJECTION_SHUTTING_DOWN: BatchRejection
 RANK_STRATEGY_UNSPECIFIED: RankStrategy
 RANK_STRATEGY_ALL_PAIRS: RankStrategy
 RANK_STRATEGY_KNOCKOUT: RankStrategy
@@ -219,12 +230,14 @@ class JudgeStreamEvent(_message.Message):
     def __init__(self, delta: _Optional[_Union[ReasoningDelta, _Mapping]] = ..., result: _Optional[_Union[JudgeResponse, _Mapping]] = ...) -> None: ...
 
 class BatchError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "rejection")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    rejection: BatchRejection
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., rejection: _Optional[_Union[BatchRejection, str]] = ...) -> None: ...
 
 class JudgeBatchResult(_message.Message):
     __slots__ = ("request_id", "response", "error")
