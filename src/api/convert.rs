@@ -2,6 +2,7 @@
 //! (enums, options, ids) happens here, so handlers only see valid values; every error names the
 //! field it is about.
 
+use super::access::Caller;
 use super::proto;
 use crate::engine::request::Timings;
 use crate::engine::Usage;
@@ -57,10 +58,11 @@ pub fn pair_input(request: &proto::JudgeRequest) -> Result<PairInput, Status> {
     Ok(input)
 }
 
-/// Request options with defaults filled in from the model.
+/// Request options with defaults filled in from the model, for `caller`.
 pub fn judge_params(
     options: Option<&proto::JudgeOptions>,
     model: &JudgeModel,
+    caller: &Caller,
 ) -> Result<JudgeParams, Status> {
     let default = proto::JudgeOptions::default();
     let o = options.unwrap_or(&default);
@@ -89,8 +91,7 @@ pub fn judge_params(
         top_p,
         seed: o.seed,
         both_orders: o.both_orders,
-        // The caller's identity is the service's to set.
-        client: Default::default(),
+        client: caller.identity.clone().into(),
     })
 }
 

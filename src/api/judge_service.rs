@@ -105,8 +105,7 @@ impl ValidJudgeRequest {
     ) -> Result<Self, Status> {
         let model = registry.get(&request.model)?;
         let input = convert::pair_input(request)?;
-        let mut params = convert::judge_params(request.options.as_ref(), &model)?;
-        params.client = caller.identity.clone().into();
+        let params = convert::judge_params(request.options.as_ref(), &model, caller)?;
         Ok(Self {
             request_id: request.request_id.clone(),
             model,
@@ -456,8 +455,7 @@ async fn rank_one(
     }
     .validate()
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut params = convert::judge_params(request.options.as_ref(), &model)?;
-    params.client = caller.identity.clone().into();
+    let params = convert::judge_params(request.options.as_ref(), &model, caller)?;
     let strategy = match proto::RankStrategy::try_from(request.strategy) {
         Ok(proto::RankStrategy::Unspecified) => default_strategy(n),
         Ok(proto::RankStrategy::AllPairs) if n > MAX_ALL_PAIRS_CANDIDATES => {

@@ -215,11 +215,6 @@ impl GrpcServer {
         });
     }
 
-    /// Why a served engine stopped, once one has.
-    pub fn engine_failure(&self) -> Option<String> {
-        self.engine_failed.borrow().clone()
-    }
-
     /// Stops accepting calls, lets running ones finish, stops the training runner (a running job
     /// stays RUNNING and resumes on the next start), and returns when all have stopped — or, when
     /// a client keeps a connection open past the drain timeout, stops the server anyway.

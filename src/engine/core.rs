@@ -253,12 +253,17 @@ impl EngineCore {
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         // Siblings still waiting for this sequence's prefill run on their own instead (their prompt
         // blocks will mostly come from the prefix cache).
-        let client = self
-            .seqs
-            .get(&id)
-            .map(|s| s.client.clone())
-            .unwrap_or_default();
-        for child in self.pending_forks.remove(&id).unwrap_or_default() {
+        let forks = self.pending_forks.remove(&id).unwrap_or_default();
+        // Siblings inherit the client of the request they were sampled for.
+        let client = if forks.is_empty() {
+            ClientId::default()
+        } else {
+            self.seqs
+                .get(&id)
+                .map(|s| s.client.clone())
+                .unwrap_or_default()
+        };
+        for child in forks {
             let mut seq = Sequence::new(child.id, child.request, &self.eos_ids, 0, child.events);
             seq.client = client.clone();
             self.seqs.insert(child.id, seq);

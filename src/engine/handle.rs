@@ -208,21 +208,8 @@ impl EngineHandle {
         client: &ClientId,
         request: GenerateRequest,
     ) -> Result<RequestStream, SubmitError> {
-        self.validate(&request)?;
-        if self.fault.get().is_some() {
-            return Err(SubmitError::EngineStopped);
-        }
-        // The anonymous client (in-process tools) is the only one there is: no share to keep.
-        let share = Some(client).filter(|c| **c != ClientId::default());
-        let slot = self.reserve(1, share)?;
-        let (events, receiver) = unbounded_channel();
-        self.commands
-            .send(Command::Submit(client.clone(), request, events))
-            .map_err(|_| SubmitError::EngineStopped)?;
-        Ok(RequestStream {
-            events: receiver,
-            _slot: slot.into_iter().next().expect("one slot"),
-        })
+        let mut streams = self.submit_as(client, request, 1)?;
+        Ok(streams.remove(0))
     }
 
     /// Counts `n` pending requests, or refuses them when the engine's (or the client's) share
@@ -269,6 +256,16 @@ impl EngineHandle {
         request: GenerateRequest,
         n: usize,
     ) -> Result<Vec<RequestStream>, SubmitError> {
+        self.submit_as(&ClientId::default(), request, n)
+    }
+
+    /// `n` samples of `client`'s request (a group when `n` > 1).
+    fn submit_as(
+        &self,
+        client: &ClientId,
+        request: GenerateRequest,
+        n: usize,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
         self.validate(&request)?;
         if n == 0 {
             return Err(SubmitError::InvalidParams("n is 0".into()));
@@ -276,11 +273,13 @@ impl EngineHandle {
         if self.fault.get().is_some() {
             return Err(SubmitError::EngineStopped);
         }
-        let slots = self.reserve(n, None)?;
+        // The anonymous client (in-process tools) is the only one there is: no share to keep.
+        let share = Some(client).filter(|c| **c != ClientId::default());
+        let slots = self.reserve(n, share)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded_channel()).unzip();
         let command = if n == 1 {
             let events = senders.into_iter().next().expect("one sender");
-            Command::Submit(ClientId::default(), request, events)
+            Command::Submit(client.clone(), request, events)
         } else {
             Command::SubmitGroup(request, senders)
         };
