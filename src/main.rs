@@ -48,6 +48,9 @@ enum BenchCommand {
     /// CPU engine throughput (prefill, decode at several concurrencies) against candle-transformers'
     /// quantized Qwen2 in the same run.
     Engine(rmr1::bench::engine::BenchArgs),
+    /// CPU paged attention at judge shapes (prefill chunks, decode at 1,200 positions): the
+    /// serving backend (f32 and f16 cache) against the reference in the same run.
+    Attention(rmr1::bench::attention::AttentionBenchArgs),
     /// Judge requests over gRPC on loopback at several concurrencies: throughput, TTFT and latency
     /// percentiles, prefix-cache hit rate.
     Judge(rmr1::bench::judge::JudgeBenchArgs),
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Debug(command) => cli::debug::run(command),
         Command::Train(args) => cli::train::run(args),
         Command::Bench(BenchCommand::Engine(args)) => rmr1::bench::engine::run(args),
+        Command::Bench(BenchCommand::Attention(args)) => rmr1::bench::attention::run(args),
         Command::Bench(BenchCommand::Judge(args)) => rmr1::bench::judge::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),
         Command::Bench(BenchCommand::Train(args)) => rmr1::bench::train::run(args),

@@ -3,6 +3,7 @@
 use crate::engine::EngineConfig;
 use crate::judge::judge_model::JudgeModelOptions;
 use crate::judge::PromptFamily;
+use crate::model::attention::cpu::KvCacheDtype;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct ModelArgs {
     /// KV cache size in MiB on the CPU.
     #[arg(long, default_value_t = 1024)]
     pub kv_cache_mib: usize,
+    /// Element type of the CPU KV cache (f16 halves the memory and traffic of f32). Default: f16
+    /// for GGUF models, the model's dtype for dense ones.
+    #[arg(long, value_enum)]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
     /// Fraction of the GPU's memory rmr1 may use: weights, activations, and a KV cache sized to the
     /// rest (as vLLM's --gpu-memory-utilization).
     #[arg(long, default_value_t = 0.90)]
@@ -75,6 +80,7 @@ impl ModelArgs {
             device: self.device,
             engine: EngineConfig {
                 kv_cache_bytes: self.kv_cache_mib << 20,
+                kv_cache_dtype: self.kv_cache_dtype,
                 gpu_memory_fraction: self.gpu_memory_fraction,
                 max_num_seqs: self.max_num_seqs,
                 max_num_batched_tokens: self.max_num_batched_tokens,

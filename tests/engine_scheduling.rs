@@ -336,3 +336,68 @@ fn group_samples_share_the_prompt_and_match_solo_runs() {
         assert_eq!(got, &collect(&mut rx).unwrap().0, "sample {i}");
     }
 }
+
+#[test]
+fn concurrent_requests_sharing_a_prefix_compute_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &TinySpec::default());
+    let config = EngineConfig {
+        block_size: 16,
+        num_blocks: Some(64),
+        max_num_batched_tokens: 512,
+        ..EngineConfig::default()
+    };
+    // Eight judgments arriving together: a 96-token shared "system prompt" (six blocks) and ten
+    // tokens of their own. All fit one step's budget, so without care each would compute the
+    // shared blocks itself.
+    let shared = tokens(5, 96, 96);
+    let prompts: Vec<Vec<u32>> = (0..8u64)
+        .map(|i| [shared.clone(), tokens(100 + i, 10, 96)].concat())
+        .collect();
+    let greedy = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(4)
+    };
+    let mut engine = core(dir.path(), config.clone());
+    let mut rxs = Vec::new();
+    for prompt in &prompts {
+        let (tx, rx) = unbounded_channel();
+        engine.add_request(
+            GenerateRequest {
+                prompt_tokens: prompt.clone(),
+                sampling: greedy.clone(),
+            },
+            tx,
+        );
+        rxs.push(rx);
+    }
+    while engine.has_work() {
+        engine.step().unwrap();
+    }
+    let stats = engine.stats();
+    let computed = stats.step_tokens.load(std::sync::atomic::Ordering::Relaxed);
+    // The shared blocks once, each request's own tokens, then three decode steps each.
+    assert_eq!(computed, 96 + 8 * 10 + 8 * 3);
+    assert_eq!(
+        stats
+            .prefix_hit_tokens
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7 * 96
+    );
+    for (prompt, rx) in prompts.iter().zip(rxs.iter_mut()) {
+        let (got, _, _) = collect(rx).expect("request finished");
+        let mut solo = core(dir.path(), config.clone());
+        let (tx, mut solo_rx) = unbounded_channel();
+        solo.add_request(
+            GenerateRequest {
+                prompt_tokens: prompt.clone(),
+                sampling: greedy.clone(),
+            },
+            tx,
+        );
+        while solo.has_work() {
+            solo.step().unwrap();
+        }
+        assert_eq!(got, collect(&mut solo_rx).unwrap().0);
+    }
+}

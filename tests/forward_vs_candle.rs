@@ -5,7 +5,7 @@ mod common;
 
 use common::{max_abs_diff, tokens, write_tiny_model, Oracle, TinySpec};
 use rmr1::engine::block_manager::{BlockManager, SeqId};
-use rmr1::model::attention::cpu::CpuPagedAttention;
+use rmr1::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
 use rmr1::model::{AttentionBatch, CacheShape, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
 
 const TOL: f32 = 1e-4;
@@ -36,7 +36,7 @@ impl Runner {
             head_dim: cfg.head_dim(),
         };
         Self {
-            attention: CpuPagedAttention::new(shape, cfg.num_attention_heads),
+            attention: CpuPagedAttention::new(shape, cfg.num_attention_heads, KvCacheDtype::F32),
             model: loaded.model,
             blocks: BlockManager::new(num_blocks, block_size),
         }

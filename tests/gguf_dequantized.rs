@@ -9,7 +9,7 @@
 mod common;
 
 use rmr1::engine::block_manager::BlockManager;
-use rmr1::model::attention::cpu::CpuPagedAttention;
+use rmr1::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
 use rmr1::model::chat_template::ChatMessage;
 use rmr1::model::{self, CacheShape, ForwardBatch, LoadOptions, SequenceSpan};
 
@@ -39,7 +39,7 @@ fn dequantized_gguf_logits_match_candle_to_1e_3() {
         num_kv_heads: cfg.num_key_value_heads,
         head_dim: cfg.head_dim(),
     };
-    let mut attention = CpuPagedAttention::new(shape, cfg.num_attention_heads);
+    let mut attention = CpuPagedAttention::new(shape, cfg.num_attention_heads, KvCacheDtype::F32);
     let mut blocks = BlockManager::new(16, 16);
     let empty = blocks.match_prefix(&[]);
     blocks.admit(0, &empty, 256).unwrap();

@@ -63,8 +63,11 @@ fn sharded_bf16_directory_loads_and_matches_candle() {
         num_kv_heads: cfg.num_key_value_heads,
         head_dim: cfg.head_dim(),
     };
-    let mut attention =
-        rmr1::model::attention::cpu::CpuPagedAttention::new(shape, cfg.num_attention_heads);
+    let mut attention = rmr1::model::attention::cpu::CpuPagedAttention::new(
+        shape,
+        cfg.num_attention_heads,
+        rmr1::model::attention::cpu::KvCacheDtype::F32,
+    );
     let mut batch = ForwardBatch {
         tokens: t.clone(),
         positions: (0..20).collect(),

@@ -27,6 +27,12 @@ pub struct BenchArgs {
     /// Concurrency levels for aggregate decode.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
+    /// Skip candle-transformers' reference (when a peer such as llama.cpp is measured instead).
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Also write the figures as JSON (scripts/cpu-vs-llamacpp.sh reads them).
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 /// Deterministic filler prompt of `n` tokens; `salt` keeps sequences from sharing a cached prefix.
@@ -183,12 +189,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     drop(engine);
 
-    let decode_prompt = synthetic_prompt(args.decode_prompt_tokens, 100, vocab);
-    let (_, ref_decode) = reference_run(&args.model, &decode_prompt, args.new_tokens)?;
-    let (ref_prefill, _) = reference_run(&args.model, &prompt, 2)?;
-
     let rate = |tokens: usize, secs: f64| tokens as f64 / secs;
-    let ref_decode_rate = rate(ref_decode.tokens, ref_decode.seconds);
+    let p_ours = rate(args.prompt_tokens, ours_prefill.as_secs_f64());
+    if let Some(path) = &args.json {
+        let decode: Vec<_> = rows
+            .iter()
+            .map(|(k, r)| serde_json::json!({"concurrency": k, "tok_s": rate(r.tokens, r.seconds)}))
+            .collect();
+        let json = serde_json::json!({
+            "prefill_tokens": args.prompt_tokens,
+            "prefill_tok_s": p_ours,
+            "decode": decode,
+        });
+        std::fs::write(path, json.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let reference = if args.no_reference {
+        None
+    } else {
+        let decode_prompt = synthetic_prompt(args.decode_prompt_tokens, 100, vocab);
+        let (_, ref_decode) = reference_run(&args.model, &decode_prompt, args.new_tokens)?;
+        let (ref_prefill, _) = reference_run(&args.model, &prompt, 2)?;
+        Some((
+            rate(args.prompt_tokens, ref_prefill.as_secs_f64()),
+            rate(ref_decode.tokens, ref_decode.seconds),
+        ))
+    };
+    let shown = |ours: f64, reference: Option<f64>| match reference {
+        Some(r) => format!("{r:.1} | {:.2}x", ours / r),
+        None => "- | -".to_string(),
+    };
     let ours_single = rows
         .iter()
         .find(|(k, _)| *k == 1)
@@ -196,19 +226,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!();
     println!("| measurement | rmr1 tok/s | reference tok/s | ratio |");
     println!("|---|---:|---:|---:|");
-    let p_ours = rate(args.prompt_tokens, ours_prefill.as_secs_f64());
-    let p_ref = rate(args.prompt_tokens, ref_prefill.as_secs_f64());
     println!(
-        "| prefill {} tokens | {p_ours:.1} | {p_ref:.1} | {:.2}x |",
+        "| prefill {} tokens | {p_ours:.1} | {} |",
         args.prompt_tokens,
-        p_ours / p_ref
+        shown(p_ours, reference.map(|r| r.0))
     );
     for (k, r) in &rows {
         let ours = rate(r.tokens, r.seconds);
         if *k == 1 {
             println!(
-                "| decode, 1 sequence | {ours:.1} | {ref_decode_rate:.1} | {:.2}x |",
-                ours / ref_decode_rate
+                "| decode, 1 sequence | {ours:.1} | {} |",
+                shown(ours, reference.map(|r| r.1))
             );
         } else {
             let vs_single = ours_single.map(|s| format!("{:.2}x of ours at 1", ours / s));

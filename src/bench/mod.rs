@@ -1,5 +1,6 @@
-//! Benchmarks that print tables (`rmr1 bench engine|judge|throughput|train|grpo`); they assert nothing.
+//! Benchmarks that print tables (`rmr1 bench engine|attention|judge|throughput|train|grpo`); they assert nothing.
 
+pub mod attention;
 pub mod engine;
 pub mod grpo;
 pub mod judge;

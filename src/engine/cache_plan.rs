@@ -6,9 +6,10 @@
 //! measured rather than configured, so the same flags fit a 7B on an H100 and a 32B on an H200.
 
 use super::core::EngineConfig;
-use crate::model::attention::cpu::CpuPagedAttention;
-use crate::model::{CacheShape, PagedAttention, Qwen2};
+use crate::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
+use crate::model::{CacheShape, PagedAttention, Qwen2, WeightFormat};
 use anyhow::{ensure, Result};
+use candle_core::DType;
 
 /// The chosen size, for the start-up report.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,17 @@ pub fn activation_reserve(model: &Qwen2, config: &EngineConfig) -> usize {
     activations + logits + (512 << 20)
 }
 
+/// The CPU KV cache's element type when none is configured: f16 for quantized weights (whose
+/// rounding is far coarser than f16's), otherwise what the model computes in.
+fn cpu_kv_dtype(format: &WeightFormat) -> KvCacheDtype {
+    match format {
+        WeightFormat::Gguf(_) => KvCacheDtype::F16,
+        WeightFormat::Dense(DType::F32 | DType::F64) => KvCacheDtype::F32,
+        WeightFormat::Dense(DType::BF16) => KvCacheDtype::Bf16,
+        WeightFormat::Dense(_) => KvCacheDtype::F16,
+    }
+}
+
 pub fn build(model: &Qwen2, config: &EngineConfig) -> Result<(Box<dyn PagedAttention>, CachePlan)> {
     let cfg = model.config();
     let mut shape = CacheShape {
@@ -53,7 +65,10 @@ pub fn build(model: &Qwen2, config: &EngineConfig) -> Result<(Box<dyn PagedAtten
         head_dim: cfg.head_dim(),
     };
     if model.device().is_cpu() {
-        let bytes_per_token = CpuPagedAttention::bytes_per_token(&shape);
+        let kv_dtype = config
+            .kv_cache_dtype
+            .unwrap_or_else(|| cpu_kv_dtype(model.weight_format()));
+        let bytes_per_token = CpuPagedAttention::bytes_per_token(&shape, kv_dtype);
         shape.num_blocks = config
             .num_blocks
             .unwrap_or(config.kv_cache_bytes / (bytes_per_token * config.block_size));
@@ -65,7 +80,11 @@ pub fn build(model: &Qwen2, config: &EngineConfig) -> Result<(Box<dyn PagedAtten
             activation_reserve: 0,
         };
         return Ok((
-            Box::new(CpuPagedAttention::new(shape, cfg.num_attention_heads)),
+            Box::new(CpuPagedAttention::new(
+                shape,
+                cfg.num_attention_heads,
+                kv_dtype,
+            )),
             plan,
         ));
     }

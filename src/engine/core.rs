@@ -41,6 +41,10 @@ pub struct EngineConfig {
     /// Send the engine's counters and gauges to Prometheus. Off for engines that are not the
     /// served one (GRPO rollouts), whose numbers would mix with the judge's.
     pub export_metrics: bool,
+    /// Element type of the KV cache on the CPU (a GPU cache uses the model's dtype). `None`: f16
+    /// for GGUF models (their weights are already far coarser than f16's rounding of K/V), else
+    /// the model's own dtype, so dense f32 models stay exact against f32 references (training).
+    pub kv_cache_dtype: Option<crate::model::attention::cpu::KvCacheDtype>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             seed: 0,
             gpu_memory_fraction: 0.90,
             export_metrics: true,
+            kv_cache_dtype: None,
         }
     }
 }

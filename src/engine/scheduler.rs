@@ -106,6 +106,24 @@ impl Scheduler {
         out.preempted.push(id);
     }
 
+    /// Whether a running sequence that has not yet computed it shares `tokens`' first uncached
+    /// block (and everything before it), so waiting one step turns that block into a cache hit.
+    fn prefix_in_progress(
+        &self,
+        tokens: &[u32],
+        cached: usize,
+        seqs: &HashMap<SeqId, Sequence>,
+    ) -> bool {
+        let through = cached + self.blocks.block_size();
+        tokens.len() >= through
+            && self.running.iter().any(|other| {
+                let other = &seqs[other];
+                other.num_computed < through
+                    && other.tokens.len() >= through
+                    && other.tokens[..through] == tokens[..through]
+            })
+    }
+
     pub fn schedule(&mut self, seqs: &mut HashMap<SeqId, Sequence>) -> Schedule {
         let mut out = Schedule::default();
         let mut budget = self.config.max_num_batched_tokens;
@@ -156,9 +174,15 @@ impl Scheduler {
             let Some(id) = self.waiting.front() else {
                 break;
             };
-            let seq = seqs.get_mut(&id).expect("waiting sequence exists");
-            let prefix = self.blocks.match_prefix(&seq.tokens);
+            let prefix = self.blocks.match_prefix(&seqs[&id].tokens);
             let cached = prefix.cached_tokens(self.blocks.block_size());
+            if self.prefix_in_progress(&seqs[&id].tokens, cached, seqs) {
+                // Its next block is being computed by a running prefill: admitted next step, it
+                // finds the block cached instead of computing it again (16 judgments arriving at
+                // once share a ~650-token system prompt).
+                break;
+            }
+            let seq = seqs.get_mut(&id).expect("waiting sequence exists");
             let n = (seq.tokens.len() - cached).min(budget);
             if self.blocks.admit(id, &prefix, cached + n).is_err() {
                 let whole = seq.tokens.len().div_ceil(self.blocks.block_size());

@@ -6,8 +6,8 @@ use super::{compare, CheckResult};
 use crate::engine::device_sampler::{self, SampleRequest};
 use crate::engine::request::SamplingParams;
 use crate::engine::sampler;
-use crate::model::attention::cpu::CpuPagedAttention;
 use crate::model::attention::cuda::CudaPagedAttention;
+use crate::model::attention::reference::ReferencePagedAttention;
 use crate::model::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -146,7 +146,7 @@ fn attention(
     }
     let spare_blocks = ids[next..].to_vec();
 
-    let mut cpu = CpuPagedAttention::new(shape, heads);
+    let mut cpu = ReferencePagedAttention::new(shape, heads);
     let mut gpu = CudaPagedAttention::new(shape, heads, dtype, device)?;
     gpu.set_poison_outputs(true);
     let (atol, rtol) = if dtype == DType::F32 {

@@ -1,49 +1,265 @@
-//! The reference paged attention on CPU: plain f32 loops, parallel over (token, kv head) pairs.
+//! Paged attention for serving on the CPU: a K/V cache in f16 (default), bf16 or f32, and a tiled
+//! kernel (`cpu_tile.rs`) that reads each cache block once per tile of query vectors.
 //!
-//! Kept deliberately simple and exact (f32 everywhere, max-subtracted softmax) because it is the
-//! oracle the CUDA kernels are checked against.
+//! Judge prompts attend to 700–1,500 positions, where attention done one position at a time
+//! (`reference.rs`) costs more than the matmuls. Here the work item is (sequence, kv head, up to
+//! [`ROWS_PER_TILE`] query rows): the query heads of a GQA group and consecutive prefill rows share
+//! every K/V block they read, which is converted to f32 once per item and stays in L1 while all of
+//! them use it. The reference stays the oracle: tests hold this backend to it.
+//!
+//! Storage layout per layer: `[block][kv_head][offset in block][head_dim]`, so one head's slice of a
+//! block is contiguous (the reference keeps `[slot][kv_head][head_dim]`; `read_block` converts).
 
-use super::{AttentionBatch, BlockId, CacheShape, PagedAttention};
+use super::cpu_tile::{attend_tile, KvElement, TileScratch, TileShape};
+use super::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 use crate::model::parallel::{parallel_for, SharedMut};
 use candle_core::{bail, DType, Device, Result, Tensor};
+use half::{bf16, f16};
+use std::cell::RefCell;
 
-struct LayerCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+/// Query rows of one sequence that share a work item. 16 rows of a 7-head group are 112 query
+/// vectors (28 KiB at head dim 64): enough reuse per K/V block, still L2-resident, and a 512-token
+/// chunk still splits into 32 items per kv head for the threads to share.
+const ROWS_PER_TILE: usize = 16;
+
+/// Element type of the K/V cache on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KvCacheDtype {
+    /// Half the memory of f32 and exact to ~3 significant digits (K/V values are O(1–100)).
+    #[default]
+    F16,
+    /// Same size as f16 with f32's range but 3 fewer mantissa bits.
+    Bf16,
+    /// Exact; twice the memory and memory traffic.
+    F32,
+}
+
+impl KvCacheDtype {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            KvCacheDtype::F16 | KvCacheDtype::Bf16 => 2,
+            KvCacheDtype::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvCacheDtype::F16 => "f16",
+            KvCacheDtype::Bf16 => "bf16",
+            KvCacheDtype::F32 => "f32",
+        })
+    }
+}
+
+struct LayerCache<E> {
+    k: Vec<E>,
+    v: Vec<E>,
+}
+
+enum Layers {
+    F16(Vec<LayerCache<f16>>),
+    Bf16(Vec<LayerCache<bf16>>),
+    F32(Vec<LayerCache<f32>>),
 }
 
 pub struct CpuPagedAttention {
     shape: CacheShape,
     num_heads: usize,
-    scale: f32,
-    layers: Vec<LayerCache>,
+    dtype: KvCacheDtype,
+    layers: Layers,
+}
+
+fn new_layers<E: KvElement>(shape: &CacheShape) -> Vec<LayerCache<E>> {
+    let len = shape.num_blocks * shape.block_size * shape.slot_width();
+    (0..shape.num_layers)
+        .map(|_| LayerCache {
+            k: vec![E::ZERO; len],
+            v: vec![E::ZERO; len],
+        })
+        .collect()
 }
 
 impl CpuPagedAttention {
-    pub fn new(shape: CacheShape, num_heads: usize) -> Self {
-        let len = shape.num_blocks * shape.block_size * shape.slot_width();
-        let layers = (0..shape.num_layers)
-            .map(|_| LayerCache {
-                k: vec![0.0; len],
-                v: vec![0.0; len],
-            })
-            .collect();
+    pub fn new(shape: CacheShape, num_heads: usize, dtype: KvCacheDtype) -> Self {
+        let layers = match dtype {
+            KvCacheDtype::F16 => Layers::F16(new_layers(&shape)),
+            KvCacheDtype::Bf16 => Layers::Bf16(new_layers(&shape)),
+            KvCacheDtype::F32 => Layers::F32(new_layers(&shape)),
+        };
         Self {
             shape,
             num_heads,
-            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            dtype,
             layers,
         }
     }
 
+    pub fn dtype(&self) -> KvCacheDtype {
+        self.dtype
+    }
+
     /// Bytes one token's K and V take across all layers.
-    pub fn bytes_per_token(shape: &CacheShape) -> usize {
-        2 * shape.num_layers * shape.slot_width() * std::mem::size_of::<f32>()
+    pub fn bytes_per_token(shape: &CacheShape, dtype: KvCacheDtype) -> usize {
+        2 * shape.num_layers * shape.slot_width() * dtype.size_in_bytes()
     }
 }
 
 fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// One work item: `rows` consecutive query rows of `span`, starting at its row `first`, for the
+/// query heads of kv head `kv_head`.
+struct Item<'a> {
+    span: &'a SequenceSpan,
+    first: usize,
+    rows: usize,
+    kv_head: usize,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<TileScratch> = RefCell::new(TileScratch::default());
+}
+
+impl CpuPagedAttention {
+    fn check(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &AttentionBatch) -> Result<()> {
+        let s = self.shape;
+        let n = batch.num_tokens();
+        let kv = [n, s.num_kv_heads, s.head_dim];
+        if q.dims() != [n, self.num_heads, s.head_dim] || k.dims() != kv || v.dims() != kv {
+            bail!(
+                "attention inputs {:?} / {:?} / {:?} do not match {n} tokens",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        let num_slots = s.num_blocks * s.block_size;
+        if let Some(&slot) = batch
+            .slot_mapping
+            .iter()
+            .find(|&&s| s as usize >= num_slots)
+        {
+            bail!("slot {slot} outside a cache of {num_slots} slots");
+        }
+        for span in &batch.sequences {
+            if span.block_table.len() * s.block_size < span.context_len {
+                bail!(
+                    "block table of {} blocks cannot hold {} tokens",
+                    span.block_table.len(),
+                    span.context_len
+                );
+            }
+            if span.query_len > span.context_len || span.query_start + span.query_len > n {
+                bail!(
+                    "a sequence's {} query rows from row {} do not fit its context of {} or the \
+                     batch of {n}",
+                    span.query_len,
+                    span.query_start,
+                    span.context_len
+                );
+            }
+            if let Some(&b) = span
+                .block_table
+                .iter()
+                .find(|&&b| b as usize >= s.num_blocks)
+            {
+                bail!("block {b} outside a cache of {} blocks", s.num_blocks);
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_typed<E: KvElement>(
+        shape: CacheShape,
+        num_heads: usize,
+        cache: &mut LayerCache<E>,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        batch: &AttentionBatch,
+    ) -> Vec<f32> {
+        let (d, kv_heads, block_size) = (shape.head_dim, shape.num_kv_heads, shape.block_size);
+        for (row, &slot) in batch.slot_mapping.iter().enumerate() {
+            let (block, offset) = (slot as usize / block_size, slot as usize % block_size);
+            for g in 0..kv_heads {
+                let dst = ((block * kv_heads + g) * block_size + offset) * d;
+                let src = (row * kv_heads + g) * d;
+                E::from_f32(&k[src..src + d], &mut cache.k[dst..dst + d]);
+                E::from_f32(&v[src..src + d], &mut cache.v[dst..dst + d]);
+            }
+        }
+
+        // Items in order of falling cost (later rows attend to more positions), so the expensive
+        // ones start first and the threads finish together.
+        let mut items = Vec::new();
+        for span in &batch.sequences {
+            let mut end = span.query_len;
+            while end > 0 {
+                let first = end.saturating_sub(ROWS_PER_TILE);
+                for kv_head in 0..kv_heads {
+                    items.push(Item {
+                        span,
+                        first,
+                        rows: end - first,
+                        kv_head,
+                    });
+                }
+                end = first;
+            }
+        }
+        let last_position = |i: &Item| i.span.context_len - i.span.query_len + i.first + i.rows;
+        items.sort_by_key(|i| std::cmp::Reverse(last_position(i) * i.rows));
+
+        let tile = TileShape {
+            head_dim: d,
+            group: num_heads / kv_heads,
+            block_size,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let mut result = vec![0.0f32; batch.num_tokens() * num_heads * d];
+        let shared = SharedMut::new(&mut result);
+        let cache = &*cache;
+        let row_width = num_heads * d;
+        parallel_for(items.len(), |range| {
+            SCRATCH.with(|scratch| {
+                let scratch = &mut scratch.borrow_mut();
+                for item in &items[range] {
+                    let span = item.span;
+                    let head_base = item.kv_head * tile.group * d;
+                    let first_row = span.query_start + item.first;
+                    let queries = (0..item.rows).map(|r| {
+                        let start = (first_row + r) * row_width + head_base;
+                        &q[start..start + tile.group * d]
+                    });
+                    // One cache block of this kv head: `block_size` rows of `d`.
+                    let head_block = |b: usize| {
+                        let start = (span.block_table[b] as usize * kv_heads + item.kv_head)
+                            * block_size
+                            * d;
+                        start..start + block_size * d
+                    };
+                    let first_position = span.context_len - span.query_len + item.first;
+                    attend_tile(
+                        &tile,
+                        scratch,
+                        queries,
+                        first_position,
+                        |b| (&cache.k[head_block(b)], &cache.v[head_block(b)]),
+                        |r| {
+                            // Safety: each item owns its rows' outputs for its kv head's query
+                            // heads; no two items share (row, kv head).
+                            unsafe {
+                                shared
+                                    .slice((first_row + r) * row_width + head_base, tile.group * d)
+                            }
+                        },
+                    );
+                }
+            })
+        });
+        result
+    }
 }
 
 impl PagedAttention for CpuPagedAttention {
@@ -59,117 +275,71 @@ impl PagedAttention for CpuPagedAttention {
         v: &Tensor,
         batch: &AttentionBatch,
     ) -> Result<Tensor> {
-        let s = self.shape;
-        let width = s.slot_width();
-        let d = s.head_dim;
-        let groups = self.num_heads / s.num_kv_heads;
-        let n = batch.num_tokens();
-        if q.dims() != [n, self.num_heads, d] || k.dims() != [n, s.num_kv_heads, d] {
-            bail!(
-                "attention inputs {:?} / {:?} do not match {n} tokens",
-                q.dims(),
-                k.dims()
-            );
-        }
+        self.check(q, k, v, batch)?;
         let (q, k, v) = (host_f32(q)?, host_f32(k)?, host_f32(v)?);
-        let cache = &mut self.layers[layer];
-        let num_slots = s.num_blocks * s.block_size;
-        for (row, &slot) in batch.slot_mapping.iter().enumerate() {
-            let slot = slot as usize;
-            if slot >= num_slots {
-                bail!("slot {slot} outside a cache of {num_slots} slots");
-            }
-            cache.k[slot * width..(slot + 1) * width]
-                .copy_from_slice(&k[row * width..(row + 1) * width]);
-            cache.v[slot * width..(slot + 1) * width]
-                .copy_from_slice(&v[row * width..(row + 1) * width]);
-        }
-
-        // One work item per (token row, kv head): the `groups` query heads that share a kv head
-        // read the same K/V rows, so they are computed together.
-        let mut items = Vec::with_capacity(n * s.num_kv_heads);
-        for span in &batch.sequences {
-            if span.block_table.len() * s.block_size < span.context_len {
-                bail!(
-                    "block table of {} blocks cannot hold {} tokens",
-                    span.block_table.len(),
-                    span.context_len
-                );
-            }
-            for j in 0..span.query_len {
-                let position = span.context_len - span.query_len + j;
-                for g in 0..s.num_kv_heads {
-                    items.push((span, span.query_start + j, position, g));
-                }
-            }
-        }
-        let cache = &*cache;
-        let scale = self.scale;
-        let block_size = s.block_size;
-        let mut result = vec![0.0f32; n * self.num_heads * d];
-        let shared = SharedMut::new(&mut result);
-        parallel_for(items.len(), |range| {
-            let mut scores = Vec::new();
-            for &(span, row, position, g) in &items[range] {
-                // Safety: each (row, kv head) item owns the output of its `groups` query heads.
-                let out =
-                    unsafe { shared.slice((row * self.num_heads + g * groups) * d, groups * d) };
-                let ctx = position + 1;
-                scores.clear();
-                scores.resize(ctx, 0.0f32);
-                for h in 0..groups {
-                    let head = g * groups + h;
-                    let qh = &q[(row * self.num_heads + head) * d..][..d];
-                    let mut max = f32::NEG_INFINITY;
-                    for (p, score) in scores.iter_mut().enumerate() {
-                        let slot =
-                            span.block_table[p / block_size] as usize * block_size + p % block_size;
-                        let kh = &cache.k[slot * width + g * d..][..d];
-                        let dot: f32 = qh.iter().zip(kh).map(|(a, b)| a * b).sum();
-                        *score = dot * scale;
-                        max = max.max(*score);
-                    }
-                    let mut sum = 0.0f32;
-                    for score in scores.iter_mut() {
-                        *score = (*score - max).exp();
-                        sum += *score;
-                    }
-                    let o = &mut out[h * d..(h + 1) * d];
-                    o.fill(0.0);
-                    for (p, &w) in scores.iter().enumerate() {
-                        let slot =
-                            span.block_table[p / block_size] as usize * block_size + p % block_size;
-                        let vh = &cache.v[slot * width + g * d..][..d];
-                        let w = w / sum;
-                        for (o, &x) in o.iter_mut().zip(vh) {
-                            *o += w * x;
-                        }
-                    }
-                }
-            }
-        });
-        Tensor::from_vec(result, (n, self.num_heads * d), &Device::Cpu)
+        let inputs = (&q[..], &k[..], &v[..]);
+        let (shape, heads) = (self.shape, self.num_heads);
+        let result = match &mut self.layers {
+            Layers::F16(l) => Self::forward_typed(shape, heads, &mut l[layer], inputs, batch),
+            Layers::Bf16(l) => Self::forward_typed(shape, heads, &mut l[layer], inputs, batch),
+            Layers::F32(l) => Self::forward_typed(shape, heads, &mut l[layer], inputs, batch),
+        };
+        Tensor::from_vec(
+            result,
+            (batch.num_tokens(), heads * shape.head_dim),
+            &Device::Cpu,
+        )
     }
 
     fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<()> {
-        let block_len = self.shape.block_size * self.shape.slot_width();
-        for layer in &mut self.layers {
-            for &(src, dst) in copies {
-                let (src, dst) = (src as usize * block_len, dst as usize * block_len);
-                layer.k.copy_within(src..src + block_len, dst);
-                layer.v.copy_within(src..src + block_len, dst);
+        fn copy<E: Copy>(layers: &mut [LayerCache<E>], block_len: usize, c: &[(BlockId, BlockId)]) {
+            for layer in layers {
+                for &(src, dst) in c {
+                    let (src, dst) = (src as usize * block_len, dst as usize * block_len);
+                    layer.k.copy_within(src..src + block_len, dst);
+                    layer.v.copy_within(src..src + block_len, dst);
+                }
             }
+        }
+        // A block holds all kv heads of its positions contiguously.
+        let block_len = self.shape.block_size * self.shape.slot_width();
+        match &mut self.layers {
+            Layers::F16(l) => copy(l, block_len, copies),
+            Layers::Bf16(l) => copy(l, block_len, copies),
+            Layers::F32(l) => copy(l, block_len, copies),
         }
         Ok(())
     }
 
     fn read_block(&self, layer: usize, block: BlockId) -> Result<(Vec<f32>, Vec<f32>)> {
-        let block_len = self.shape.block_size * self.shape.slot_width();
-        let start = block as usize * block_len;
-        let cache = &self.layers[layer];
-        Ok((
-            cache.k[start..start + block_len].to_vec(),
-            cache.v[start..start + block_len].to_vec(),
-        ))
+        fn read<E: KvElement>(
+            cache: &LayerCache<E>,
+            s: &CacheShape,
+            block: usize,
+        ) -> [Vec<f32>; 2] {
+            let (d, heads, bs) = (s.head_dim, s.num_kv_heads, s.block_size);
+            [&cache.k, &cache.v].map(|data| {
+                // Stored [kv_head][offset][d]; returned [offset][kv_head][d].
+                let mut out = vec![0.0; bs * heads * d];
+                for g in 0..heads {
+                    for o in 0..bs {
+                        let src = ((block * heads + g) * bs + o) * d;
+                        E::to_f32(&data[src..src + d], &mut out[(o * heads + g) * d..][..d]);
+                    }
+                }
+                out
+            })
+        }
+        let s = &self.shape;
+        let [k, v] = match &self.layers {
+            Layers::F16(l) => read(&l[layer], s, block as usize),
+            Layers::Bf16(l) => read(&l[layer], s, block as usize),
+            Layers::F32(l) => read(&l[layer], s, block as usize),
+        };
+        Ok((k, v))
     }
 }
+
+#[cfg(test)]
+#[path = "cpu_tests.rs"]
+mod tests;

@@ -7,8 +7,10 @@
 //! scheduler and the forward never change when the device does.
 
 pub mod cpu;
+mod cpu_tile;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod reference;
 pub mod step_layout;
 
 use candle_core::{Result, Tensor};
