@@ -3,13 +3,17 @@
 //! candle's CPU kernels for these formats compute one (row, column) dot product at a time — Q5_0 with
 //! a scalar loop — so a batch of prompt tokens costs as many matrix-vector products and continuous
 //! batching gains nothing. Here weights are re-encoded at load, exactly (every value is an integer
-//! times its block's scale), as signed bytes in tiles of [`Isa::tile`] weight rows: per tile and
-//! block, `[4-value group (8)][row in tile][4 bytes]`. One AVX-512 VNNI `vpdpbusd` then multiplies
+//! times its block's scale), in tiles of [`Isa::tile`] weight rows: per tile and block, four values
+//! of every tile row side by side for each group of four columns. One AVX-512 VNNI `vpdpbusd` then multiplies
 //! four values of one activation row with the same four values of 16 weight rows, so each weight
 //! load serves a whole tile of outputs and is reused by every activation row of the batch
 //! (`int8_kernels.rs`; AVX2 does the same with 8 rows per register). Activations are quantized per
 //! 32 values to 8 bits exactly as ggml's Q8_0 (what candle and llama.cpp do for these formats); the
 //! integer dot of each block is exact, so results differ from candle's only by f32 rounding.
+//!
+//! Q8_0 is kept as signed bytes. Q5_0 and Q4_0 stay at 5 bits a value ([`TileValues::Packed5`]):
+//! decoding one sequence is bound by memory bandwidth, and bytes would read 45% more than the
+//! file's own packing; unpacking in registers is cheap next to the loads it saves.
 //!
 //! The instruction set is chosen at load from what the CPU has (the crate is built for x86-64-v3,
 //! so AVX2 is the floor on x86; AVX-512 VNNI is used where present) and fixes the tile width.
@@ -23,17 +27,44 @@ use std::cell::RefCell;
 
 pub(super) const BLOCK: usize = 32;
 
-/// A `[rows, cols]` weight matrix as signed bytes with one f32 scale per 32 consecutive values of a
-/// row, laid out in row tiles for [`Isa`]'s kernels.
+/// A `[rows, cols]` weight matrix as small integers with one f32 scale per 32 consecutive values
+/// of a row, laid out in row tiles for [`Isa`]'s kernels.
 #[derive(Debug, Clone)]
 pub struct Int8BlockMatrix {
     rows: usize,
     cols: usize,
     isa: Isa,
-    /// Per row tile and block: `[group][row in tile][4]` values (rows past `rows` are zero).
-    values: Vec<i8>,
+    values: Encoded,
     /// Per row tile and block: `[row in tile]` scales.
     scales: Vec<f32>,
+}
+
+/// The integers of every tile, in one of the layouts [`TileValues`] describes (rows past `rows`
+/// are zero).
+#[derive(Debug, Clone)]
+enum Encoded {
+    Bytes(Vec<i8>),
+    Packed5 {
+        nibbles: Vec<u8>,
+        high: Vec<u32>,
+        offset: i32,
+    },
+}
+
+/// One row tile's integers as the kernels read them; `tile` rows, `nb` blocks.
+pub(super) enum TileValues<'a> {
+    /// Signed bytes; per block `[group of 4 columns (8)][row][4]`.
+    Bytes(&'a [i8]),
+    /// Unsigned 5-bit `u` with value `u - offset`. Per block, `nibbles` is
+    /// `[8-column group h (4)][row][4 bytes]`, byte j holding column 8h + j in its low nibble and
+    /// 8h + 4 + j in its high one, so one load yields two groups of four; `high[row]` holds the fifth
+    /// bits, bit g of byte j for column 4g + j, so a shift of the whole word lines up every byte
+    /// of one group at once.
+    Packed5 {
+        nibbles: &'a [u8],
+        high: &'a [u32],
+        offset: i32,
+    },
 }
 
 /// Activations quantized like ggml's Q8_0: per 32 values, a scale rounded through f16 and bytes;
@@ -68,6 +99,13 @@ fn quantize_activations(x: &[f32]) -> QuantizedActivations {
         scales,
         sums,
     }
+}
+
+/// Where column `j` (0..32) of a block goes in the packed layout: (8-column group, byte, high
+/// nibble?) and the bit of the row's high word that holds its fifth bit.
+fn packed_position(j: usize) -> (usize, usize, bool, u32) {
+    let (g, byte) = (j / 4, j % 4);
+    (g / 2, byte, g % 2 == 1, (byte * 8 + g) as u32)
 }
 
 /// The 32 integers and the scale of one raw GGUF block.
@@ -139,18 +177,50 @@ impl Int8BlockMatrix {
         }
         let (dtype, tile) = (t.dtype(), isa.tile());
         let padded_rows = rows.next_multiple_of(tile);
-        let mut values = vec![0i8; padded_rows * cols];
         let mut scales = vec![0f32; padded_rows * nb];
+        // Q8_0 as signed bytes; Q5_0 / Q4_0 as unsigned 5-bit values.
+        let offset = match dtype {
+            GgmlDType::Q5_0 => Some(16),
+            GgmlDType::Q4_0 => Some(8),
+            _ => None,
+        };
+        let mut values = match offset {
+            None => Encoded::Bytes(vec![0i8; padded_rows * cols]),
+            Some(offset) => Encoded::Packed5 {
+                nibbles: vec![0u8; padded_rows * cols / 2],
+                high: vec![0u32; padded_rows * nb],
+                offset,
+            },
+        };
         for (index, raw) in data.chunks_exact(block_bytes).enumerate() {
             let (row, b) = (index / nb, index % nb);
             let (ti, i) = (row / tile, row % tile);
             let (ints, scale) = decode_block(dtype, raw);
-            let base = (ti * nb + b) * tile * BLOCK;
-            for (g, four) in ints.chunks_exact(4).enumerate() {
-                let at = base + (g * tile + i) * 4;
-                values[at..at + 4].copy_from_slice(four);
+            let tile_block = ti * nb + b;
+            match &mut values {
+                Encoded::Bytes(bytes) => {
+                    let base = tile_block * tile * BLOCK;
+                    for (g, four) in ints.chunks_exact(4).enumerate() {
+                        let at = base + (g * tile + i) * 4;
+                        bytes[at..at + 4].copy_from_slice(four);
+                    }
+                }
+                Encoded::Packed5 {
+                    nibbles,
+                    high,
+                    offset,
+                } => {
+                    let base = tile_block * tile * BLOCK / 2;
+                    for (j, &v) in ints.iter().enumerate() {
+                        let u = (v as i32 + *offset) as u8;
+                        let (h, byte, upper, bit) = packed_position(j);
+                        let at = base + (h * tile + i) * 4 + byte;
+                        nibbles[at] |= if upper { (u & 15) << 4 } else { u & 15 };
+                        high[tile_block * tile + i] |= ((u >> 4) as u32 & 1) << bit;
+                    }
+                }
             }
-            scales[(ti * nb + b) * tile + i] = scale;
+            scales[tile_block * tile + i] = scale;
         }
         Ok(Self {
             rows,
@@ -163,14 +233,47 @@ impl Int8BlockMatrix {
 
     /// Value `(row, col)` as (integer, its block's scale): for tests of the encoding.
     #[cfg(test)]
-    fn value(&self, row: usize, col: usize) -> (i8, f32) {
+    fn value(&self, row: usize, col: usize) -> (i32, f32) {
         let (tile, nb) = (self.isa.tile(), self.cols / BLOCK);
         let (t, i, b, j) = (row / tile, row % tile, col / BLOCK, col % BLOCK);
-        let base = (t * nb + b) * tile * BLOCK;
-        (
-            self.values[base + ((j / 4) * tile + i) * 4 + j % 4],
-            self.scales[(t * nb + b) * tile + i],
-        )
+        let tile_block = t * nb + b;
+        let scale = self.scales[tile_block * tile + i];
+        match &self.values {
+            Encoded::Bytes(bytes) => {
+                let base = tile_block * tile * BLOCK;
+                (bytes[base + ((j / 4) * tile + i) * 4 + j % 4] as i32, scale)
+            }
+            Encoded::Packed5 {
+                nibbles,
+                high,
+                offset,
+            } => {
+                let (h, byte, upper, bit) = packed_position(j);
+                let packed = nibbles[tile_block * tile * BLOCK / 2 + (h * tile + i) * 4 + byte];
+                let low = if upper { packed >> 4 } else { packed & 15 } as i32;
+                let fifth = ((high[tile_block * tile + i] >> bit) & 1) as i32;
+                (low + 16 * fifth - offset, scale)
+            }
+        }
+    }
+
+    /// Tile `t`'s integers.
+    fn tile_values(&self, t: usize) -> TileValues<'_> {
+        let per_tile = self.cols / BLOCK * self.isa.tile();
+        match &self.values {
+            Encoded::Bytes(bytes) => {
+                TileValues::Bytes(&bytes[t * per_tile * BLOCK..][..per_tile * BLOCK])
+            }
+            Encoded::Packed5 {
+                nibbles,
+                high,
+                offset,
+            } => TileValues::Packed5 {
+                nibbles: &nibbles[t * per_tile * BLOCK / 2..][..per_tile * BLOCK / 2],
+                high: &high[t * per_tile..][..per_tile],
+                offset: *offset,
+            },
+        }
     }
 
     /// `x [m, cols] (f32) -> x Wᵀ [m, rows]`.
@@ -190,8 +293,8 @@ impl Int8BlockMatrix {
                 let scratch = &mut scratch.borrow_mut();
                 scratch.resize(m * tile, 0.0);
                 for t in tiles {
-                    let values = &self.values[t * tile_len * BLOCK..][..tile_len * BLOCK];
                     let scales = &self.scales[t * tile_len..][..tile_len];
+                    let values = self.tile_values(t);
                     int8_kernels::tile_rows(self.isa, values, scales, &xq, self.cols, scratch);
                     let (first, width) = (t * tile, tile.min(n - t * tile));
                     for r in 0..m {
