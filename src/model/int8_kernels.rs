@@ -23,8 +23,18 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The fastest this CPU has, unless `RMR1_CPU_KERNELS=avx2|portable` asks for a slower one that
+    /// it also has (to measure what a machine without AVX-512 would do, on this one).
     pub fn detect() -> Self {
-        Self::available()[0]
+        let available = Self::available();
+        let wanted = match std::env::var("RMR1_CPU_KERNELS").as_deref() {
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("portable") => Some(Isa::Portable),
+            _ => None,
+        };
+        wanted
+            .filter(|isa| available.contains(isa))
+            .unwrap_or(available[0])
     }
 
     /// Every instruction set this CPU can run, fastest first.
