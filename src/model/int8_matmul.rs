@@ -4,12 +4,13 @@
 //! a scalar loop — so a batch of prompt tokens costs as many matrix-vector products and continuous
 //! batching gains nothing. Here weights are re-encoded at load, exactly (every value is an integer
 //! times its block's scale), in tiles of [`Isa::tile`] weight rows: per tile and block, four values
-//! of every tile row side by side for each group of four columns. One AVX-512 VNNI `vpdpbusd` then multiplies
-//! four values of one activation row with the same four values of 16 weight rows, so each weight
-//! load serves a whole tile of outputs and is reused by every activation row of the batch
-//! (`int8_kernels.rs`; AVX2 does the same with 8 rows per register). Activations are quantized per
-//! 32 values to 8 bits exactly as ggml's Q8_0 (what candle and llama.cpp do for these formats); the
-//! integer dot of each block is exact, so results differ from candle's only by f32 rounding.
+//! of every tile row side by side for each group of four columns. One AVX-512 VNNI `vpdpbusd` then
+//! multiplies four values of one activation row with the same four values of 16 weight rows, so
+//! each weight load serves a whole tile of outputs and is reused by every activation row of the
+//! batch (`int8_kernels.rs`; AVX2 does the same with 8 rows per register). Activations are
+//! quantized per 32 values to 8 bits exactly as ggml's Q8_0 (what candle and llama.cpp do for these
+//! formats); the integer dot of each block is exact, so results differ from candle's only by f32
+//! rounding.
 //!
 //! Q8_0 is kept as signed bytes. Q5_0 and Q4_0 stay at 5 bits a value ([`TileValues::Packed5`]):
 //! decoding one sequence is bound by memory bandwidth, and bytes would read 45% more than the

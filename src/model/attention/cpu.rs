@@ -1,11 +1,13 @@
-//! Paged attention for serving on the CPU: a K/V cache in f16 (default), bf16 or f32, and a tiled
-//! kernel (`cpu_tile.rs`) that reads each cache block once per tile of query vectors.
+//! Paged attention for serving on the CPU: a K/V cache in f16 (the default for GGUF models), bf16 or
+//! f32, and a tiled kernel (`cpu_tile.rs`) that reads each cache block once per tile of query
+//! vectors.
 //!
 //! Judge prompts attend to 700–1,500 positions, where attention done one position at a time
 //! (`reference.rs`) costs more than the matmuls. Here the work item is (sequence, kv head, up to
 //! [`ROWS_PER_TILE`] query rows): the query heads of a GQA group and consecutive prefill rows share
-//! every K/V block they read, which is converted to f32 once per item and stays in L1 while all of
-//! them use it. The reference stays the oracle: tests hold this backend to it.
+//! every K/V block they read, which is converted to f32 once per item, 64 positions at a time, and
+//! stays in cache while two GEMMs use it for all of them. The reference stays the oracle: tests hold
+//! this backend to it.
 //!
 //! Storage layout per layer: `[block][kv_head][offset in block][head_dim]`, so one head's slice of a
 //! block is contiguous (the reference keeps `[slot][kv_head][head_dim]`; `read_block` converts).
