@@ -289,20 +289,32 @@ mod x86 {
                     let r = r0 + i;
                     let x_ptr = x.values.as_ptr().add(r * cols + b * BLOCK) as *const i32;
                     let mut isum = _mm256_set1_epi32(-offset * *x.sums.get_unchecked(r * nb + b));
-                    for (g, &unsigned) in unsigned.iter().enumerate() {
-                        let four = _mm256_set1_epi32(x_ptr.add(g).read_unaligned());
-                        let pairs = match &values {
-                            TileValues::Bytes(v) => {
-                                let w_ptr = v.as_ptr().add(b * TILE * BLOCK) as *const __m256i;
+                    match &values {
+                        TileValues::Bytes(v) => {
+                            let w_ptr = v.as_ptr().add(b * TILE * BLOCK) as *const __m256i;
+                            for g in 0..8 {
+                                let four = _mm256_set1_epi32(x_ptr.add(g).read_unaligned());
                                 let w = _mm256_loadu_si256(w_ptr.add(g));
-                                _mm256_maddubs_epi16(
+                                let pairs = _mm256_maddubs_epi16(
                                     _mm256_sign_epi8(w, w),
                                     _mm256_sign_epi8(four, w),
-                                )
+                                );
+                                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
                             }
-                            TileValues::Packed5 { .. } => _mm256_maddubs_epi16(unsigned, four),
-                        };
-                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                        }
+                        TileValues::Packed5 { .. } => {
+                            // Pair sums of u ≤ 31 and |x| ≤ 127 are ≤ 7,874, so four groups add
+                            // up in 16 bits (≤ 31,496) before one widening.
+                            for (k, quad) in unsigned.chunks_exact(4).enumerate() {
+                                let mut pairs = _mm256_setzero_si256();
+                                for (g, &w) in quad.iter().enumerate() {
+                                    let four =
+                                        _mm256_set1_epi32(x_ptr.add(4 * k + g).read_unaligned());
+                                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(w, four));
+                                }
+                                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                            }
+                        }
                     }
                     let d =
                         _mm256_mul_ps(w_scale, _mm256_set1_ps(*x.scales.get_unchecked(r * nb + b)));
