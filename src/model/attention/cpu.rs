@@ -138,40 +138,7 @@ impl CpuPagedAttention {
                 v.dims()
             );
         }
-        let num_slots = s.num_blocks * s.block_size;
-        if let Some(&slot) = batch
-            .slot_mapping
-            .iter()
-            .find(|&&s| s as usize >= num_slots)
-        {
-            bail!("slot {slot} outside a cache of {num_slots} slots");
-        }
-        for span in &batch.sequences {
-            if span.block_table.len() * s.block_size < span.context_len {
-                bail!(
-                    "block table of {} blocks cannot hold {} tokens",
-                    span.block_table.len(),
-                    span.context_len
-                );
-            }
-            if span.query_len > span.context_len || span.query_start + span.query_len > n {
-                bail!(
-                    "a sequence's {} query rows from row {} do not fit its context of {} or the \
-                     batch of {n}",
-                    span.query_len,
-                    span.query_start,
-                    span.context_len
-                );
-            }
-            if let Some(&b) = span
-                .block_table
-                .iter()
-                .find(|&&b| b as usize >= s.num_blocks)
-            {
-                bail!("block {b} outside a cache of {} blocks", s.num_blocks);
-            }
-        }
-        Ok(())
+        batch.validate(&s)
     }
 
     fn forward_typed<E: KvElement>(

@@ -44,6 +44,47 @@ impl AttentionBatch {
     pub fn num_tokens(&self) -> usize {
         self.slot_mapping.len()
     }
+
+    /// Every index a backend will follow is inside `shape`'s cache and every token row belongs to
+    /// exactly one sequence (backends write each row's output without further checks).
+    pub fn validate(&self, shape: &CacheShape) -> Result<()> {
+        let n = self.num_tokens();
+        let num_slots = shape.num_blocks * shape.block_size;
+        if let Some(&slot) = self.slot_mapping.iter().find(|&&x| x as usize >= num_slots) {
+            candle_core::bail!("slot {slot} outside a cache of {num_slots} slots");
+        }
+        let mut owned = vec![false; n];
+        for (i, span) in self.sequences.iter().enumerate() {
+            if span.block_table.len() * shape.block_size < span.context_len
+                || span.query_len > span.context_len
+                || span.query_start + span.query_len > n
+            {
+                candle_core::bail!(
+                    "sequence {i}: {} blocks, {} context tokens, rows {}..{} of {n}",
+                    span.block_table.len(),
+                    span.context_len,
+                    span.query_start,
+                    span.query_start + span.query_len
+                );
+            }
+            if let Some(&b) = span
+                .block_table
+                .iter()
+                .find(|&&b| b as usize >= shape.num_blocks)
+            {
+                candle_core::bail!("block {b} outside a cache of {} blocks", shape.num_blocks);
+            }
+            for row in span.query_start..span.query_start + span.query_len {
+                if std::mem::replace(&mut owned[row], true) {
+                    candle_core::bail!("token row {row} belongs to two sequences");
+                }
+            }
+        }
+        if let Some(row) = owned.iter().position(|&o| !o) {
+            candle_core::bail!("token row {row} belongs to no sequence");
+        }
+        Ok(())
+    }
 }
 
 /// Shape of the KV cache a backend must provide.

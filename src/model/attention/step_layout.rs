@@ -3,7 +3,7 @@
 //! without a GPU).
 
 use super::{AttentionBatch, CacheShape};
-use candle_core::{bail, Result};
+use candle_core::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepLayout {
@@ -21,15 +21,8 @@ pub struct StepLayout {
 
 impl StepLayout {
     pub fn new(batch: &AttentionBatch, shape: &CacheShape, partition: usize) -> Result<Self> {
+        batch.validate(shape)?;
         let n = batch.num_tokens();
-        let num_slots = shape.num_blocks * shape.block_size;
-        if let Some(&slot) = batch
-            .slot_mapping
-            .iter()
-            .find(|&&x| x as usize >= num_slots)
-        {
-            bail!("slot {slot} outside a cache of {num_slots} slots");
-        }
         let max_blocks = batch
             .sequences
             .iter()
@@ -38,41 +31,16 @@ impl StepLayout {
             .unwrap_or(0)
             .max(1);
         let mut block_tables = vec![0u32; batch.sequences.len() * max_blocks];
-        let mut token_seq = vec![u32::MAX; n];
+        let mut token_seq = vec![0u32; n];
         let mut token_ctx = vec![0u32; n];
         for (i, span) in batch.sequences.iter().enumerate() {
-            if span.block_table.len() * shape.block_size < span.context_len
-                || span.query_len > span.context_len
-                || span.query_start + span.query_len > n
-            {
-                bail!(
-                    "sequence {i}: {} blocks, {} context tokens, rows {}..{} of {n}",
-                    span.block_table.len(),
-                    span.context_len,
-                    span.query_start,
-                    span.query_start + span.query_len
-                );
-            }
-            if let Some(&b) = span
-                .block_table
-                .iter()
-                .find(|&&b| b as usize >= shape.num_blocks)
-            {
-                bail!("block {b} outside a cache of {} blocks", shape.num_blocks);
-            }
             block_tables[i * max_blocks..][..span.block_table.len()]
                 .copy_from_slice(&span.block_table);
             for j in 0..span.query_len {
                 let row = span.query_start + j;
-                if token_seq[row] != u32::MAX {
-                    bail!("token row {row} belongs to two sequences");
-                }
                 token_seq[row] = i as u32;
                 token_ctx[row] = (span.context_len - span.query_len + j + 1) as u32;
             }
-        }
-        if let Some(row) = token_seq.iter().position(|&x| x == u32::MAX) {
-            bail!("token row {row} belongs to no sequence");
         }
         let max_ctx = token_ctx.iter().copied().max().unwrap_or(1) as usize;
         Ok(Self {
