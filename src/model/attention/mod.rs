@@ -74,8 +74,9 @@ impl AttentionBatch {
             {
                 candle_core::bail!("block {b} outside a cache of {} blocks", shape.num_blocks);
             }
-            for row in span.query_start..span.query_start + span.query_len {
-                if std::mem::replace(&mut owned[row], true) {
+            let rows = span.query_start..span.query_start + span.query_len;
+            for (row, owned) in rows.clone().zip(&mut owned[rows]) {
+                if std::mem::replace(owned, true) {
                     candle_core::bail!("token row {row} belongs to two sequences");
                 }
             }
