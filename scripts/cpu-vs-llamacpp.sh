@@ -10,7 +10,8 @@
 # llama-cpp-python is pinned and built from source for x86-64-v3 (AVX2/FMA/F16C/BMI2, no AVX-512), the
 # ISA level rmr1 is built for, never -march=native: the numbers must mean the same on machines without
 # AVX-512, and a native build has produced garbage on one VM. Env: RMR1_BIN (default
-# target/release/rmr1, built if missing), RMR1_SHARED_DATA (default ../shared/data).
+# target/release/rmr1, built if missing), RMR1_SHARED_DATA (default ../shared/data), RMR1_SERVE_ARGS
+# (extra `rmr1 serve` flags for the judge phases, to compare settings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -325,6 +325,8 @@ def rmr1_judge(rmr1: str, model_dir: Path, family: str, threads: int, phases: li
     port = free_port()
     cmd = [rmr1, "serve", "--model", str(model_dir / "model.gguf"), "--tokenizer", str(model_dir / "tokenizer.json"),
            "--family", family, "--device", "cpu", "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off"]
+    # Extra server flags to compare settings (for example RMR1_SERVE_ARGS="--max-num-batched-tokens 1024").
+    cmd += os.environ.get("RMR1_SERVE_ARGS", "").split()
     log = tempfile.NamedTemporaryFile(prefix="rmr1-serve-", suffix=".log", delete=False)
     server = subprocess.Popen(cmd, env=rmr1_env(threads), stdout=log, stderr=subprocess.STDOUT)
     results = []
