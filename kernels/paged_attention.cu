@@ -193,22 +193,22 @@ __device__ void paged_attention_reduce(const float* __restrict__ part_out, const
 
 // Fills a buffer with NaN (the all-ones bit pattern in every float format): the checks poison outputs
 // so that an element a kernel forgot to write cannot pass as a plausible value.
-extern "C" __global__ void rmr1_fill_ones_u16(uint16_t* data, size_t len) {
+extern "C" __global__ void __launch_bounds__(256) rmr1_fill_ones_u16(uint16_t* data, size_t len) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (size_t)gridDim.x * blockDim.x) {
     data[i] = 0xffffu;
   }
 }
 
 #define RMR1_INSTANTIATE(T, SUFFIX)                                                                       \
-  extern "C" __global__ void rmr1_write_kv_cache_##SUFFIX(const T* k, const T* v, T* k_cache, T* v_cache,  \
+  extern "C" __global__ void __launch_bounds__(RMR1_ATTN_THREADS) rmr1_write_kv_cache_##SUFFIX(const T* k, const T* v, T* k_cache, T* v_cache,  \
                                                          const uint32_t* slot_mapping, uint32_t width) {    \
     write_kv_cache<T>(k, v, k_cache, v_cache, slot_mapping, width);                                       \
   }                                                                                                       \
-  extern "C" __global__ void rmr1_copy_kv_blocks_##SUFFIX(T* k_cache, T* v_cache, const uint32_t* pairs,  \
+  extern "C" __global__ void __launch_bounds__(RMR1_ATTN_THREADS) rmr1_copy_kv_blocks_##SUFFIX(T* k_cache, T* v_cache, const uint32_t* pairs,  \
                                                          size_t block_len, size_t layer_len) {             \
     copy_kv_blocks<T>(k_cache, v_cache, pairs, block_len, layer_len);                                     \
   }                                                                                                       \
-  extern "C" __global__ void rmr1_paged_attention_##SUFFIX(                                               \
+  extern "C" __global__ void __launch_bounds__(RMR1_ATTN_THREADS) rmr1_paged_attention_##SUFFIX(                                               \
       const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,                       \
       const uint32_t* token_seq, const uint32_t* token_ctx, T* out, float* part_out, float* part_max,     \
       float* part_sum, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size, \
@@ -217,7 +217,7 @@ extern "C" __global__ void rmr1_fill_ones_u16(uint16_t* data, size_t len) {
                        part_sum, num_heads, num_kv_heads, head_dim, block_size, max_blocks_per_seq,       \
                        scale);                                                                            \
   }                                                                                                       \
-  extern "C" __global__ void rmr1_paged_attention_reduce_##SUFFIX(                                        \
+  extern "C" __global__ void __launch_bounds__(RMR1_ATTN_THREADS) rmr1_paged_attention_reduce_##SUFFIX(                                        \
       const float* part_out, const float* part_max, const float* part_sum, T* out, uint32_t num_heads,    \
       uint32_t head_dim, uint32_t num_splits) {                                                           \
     paged_attention_reduce<T>(part_out, part_max, part_sum, out, num_heads, head_dim, num_splits);        \

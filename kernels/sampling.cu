@@ -121,7 +121,9 @@ __device__ void block_inclusive_scan(float v, SampleShared& sh) {
   __syncthreads();
 }
 
-extern "C" __global__ void rmr1_sample_rows_f32(const float* __restrict__ logits, uint32_t vocab,
+// 1,024 threads leave ptxas at most 64 registers per thread: without the bound it may use more and
+// every launch fails with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (build.rs checks the result).
+extern "C" __global__ void __launch_bounds__(RMR1_SAMPLE_THREADS) rmr1_sample_rows_f32(const float* __restrict__ logits, uint32_t vocab,
                                                 const uint32_t* __restrict__ row_of_sample,
                                                 const float* __restrict__ temperature,
                                                 const uint32_t* __restrict__ top_k, const float* __restrict__ top_p,

@@ -5,6 +5,7 @@
 //! no extra synchronisation.
 
 use candle_core::backend::BackendDevice;
+use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
     PushKernelArg,
@@ -12,6 +13,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, Device, Result, Shape, Storage, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A PTX module built from one kernels/*.cu file.
@@ -38,13 +40,29 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Arguments for one launch (counted in [`counters`]: every builder is launched once).
     pub fn builder(&self) -> LaunchArgs<'_> {
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
         self.stream.launch_builder(&self.func)
     }
 }
 
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// rmr1's own kernel launches and host-to-device uploads since start (candle's ops not included):
+/// the per-step overhead the bench reports, since each costs host time and, for an upload, a
+/// synchronising copy.
+pub fn counters() -> (u64, u64) {
+    (
+        LAUNCHES.load(Ordering::Relaxed),
+        UPLOADS.load(Ordering::Relaxed),
+    )
+}
+
 /// Loads `name` from `module` (the module is JIT-compiled for the card on first use, then cached).
 pub fn function(dev: &CudaDevice, module: Module, name: &str) -> Result<Kernel> {
+    driver_accepts_ptx()?;
     let func = dev.get_or_load_custom_func(name, module.name, module.ptx)?;
     Ok(Kernel {
         func: func.into_cuda_function(),
@@ -91,6 +109,7 @@ pub fn into_tensor<T: CudaDType + DeviceRepr>(
 
 /// Uploads host data.
 pub fn upload<T: DeviceRepr + 'static>(dev: &CudaDevice, data: &[T]) -> Result<CudaSlice<T>> {
+    UPLOADS.fetch_add(1, Ordering::Relaxed);
     dev.clone_htod(data)
 }
 
@@ -130,4 +149,71 @@ pub fn launch_config(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// CUDA version of the nvcc that built the kernels (build.rs).
+const PTX_TOOLKIT: &str = env!("RMR1_NVCC_CUDA_VERSION");
+
+/// The driver JIT-compiles PTX only from toolkits no newer than the CUDA version it supports;
+/// checked once, so an old driver is named at the first kernel load instead of surfacing as
+/// CUDA_ERROR_UNSUPPORTED_PTX_VERSION from deep inside a forward step.
+fn driver_accepts_ptx() -> Result<()> {
+    static CHECK: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    CHECK
+        .get_or_init(|| {
+            let mut version = 0i32;
+            // Safety: cuDriverGetVersion only writes the int it is given.
+            unsafe { sys::cuDriverGetVersion(&mut version) }
+                .result()
+                .map_err(|e| format!("cuDriverGetVersion: {e:?}"))?;
+            let driver = (version / 1000, (version % 1000) / 10);
+            let (major, minor) = PTX_TOOLKIT.split_once('.').expect("build.rs writes X.Y");
+            let toolkit = (major.parse().unwrap_or(0), minor.parse().unwrap_or(0));
+            if driver < toolkit {
+                return Err(format!(
+                    "the NVIDIA driver supports CUDA {}.{}, but rmr1's kernels were built with CUDA \
+                     {PTX_TOOLKIT} and a driver cannot load PTX from a newer toolkit: upgrade the \
+                     driver or rebuild with nvcc <= {}.{} (RMR1_MIN_DRIVER_CUDA in build.rs)",
+                    driver.0, driver.1, driver.0, driver.1
+                ));
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(candle_core::Error::msg)
+}
+
+/// Stops cudarc from recording an event on every use of every buffer allocated from now on. That
+/// tracking orders buffers shared between streams; rmr1 issues all device work on the one stream of
+/// candle's device (its kernels launch there too, see `Kernel`), so it only costs host time
+/// (an event record per argument per launch). Call once, before the weights are loaded.
+pub fn disable_event_tracking(dev: &CudaDevice) {
+    // Safety: every buffer is used on the device's single stream (see above), so no cross-stream
+    // synchronisation is lost.
+    unsafe { dev.cuda_stream().context().disable_event_tracking() }
+}
+
+/// Keeps memory freed back to the device's default pool instead of returning it to the driver at
+/// each synchronisation (the pool's release threshold is 0 by default), so a step's activations
+/// reuse the previous step's memory without a driver call. Called once the KV cache is allocated:
+/// the cache plan reads free memory before, and pooled memory would count as used.
+pub fn keep_freed_memory_pooled(dev: &CudaDevice) -> Result<()> {
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // Safety: the out-pointer and the attribute's u64 value live across the calls.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .w()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .w()?;
+    }
+    Ok(())
 }

@@ -1,9 +1,9 @@
 //! Command-line flags for a served judge model, shared by `rmr1 serve` and `rmr1 bench judge`.
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, StepLimitFlags};
 use crate::judge::judge_model::JudgeModelOptions;
 use crate::judge::PromptFamily;
-use crate::model::attention::cpu::KvCacheDtype;
+use crate::model::attention::KvCacheDtype;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -37,20 +37,20 @@ pub struct ModelArgs {
     /// KV cache size in MiB on the CPU.
     #[arg(long, default_value_t = 1024)]
     pub kv_cache_mib: usize,
-    /// Element type of the CPU KV cache (f16 halves the memory and traffic of f32). Default: f16
-    /// for GGUF models, the model's dtype for dense ones.
+    /// Element type of the KV cache (f16 / bf16 halve the memory and traffic of f32). Default: for
+    /// GGUF models f16 on the CPU and bf16 on a GPU; the model's dtype for dense ones.
     #[arg(long, value_enum)]
     pub kv_cache_dtype: Option<KvCacheDtype>,
     /// Fraction of the GPU's memory rmr1 may use: weights, activations, and a KV cache sized to the
     /// rest (as vLLM's --gpu-memory-utilization).
     #[arg(long, default_value_t = 0.90)]
     pub gpu_memory_fraction: f64,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 64)]
-    pub max_num_seqs: usize,
-    /// Tokens per engine step (decode + prefill chunks).
-    #[arg(long, default_value_t = 512)]
-    pub max_num_batched_tokens: usize,
+    /// Sequences decoded together. Default: 64 on the CPU, 256 on a GPU.
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Tokens per engine step (decode + prefill chunks). Default: 256 on the CPU, 2048 on a GPU.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
     /// Longest prompt + judgment; default: the model's context length.
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -82,13 +82,15 @@ impl ModelArgs {
                 kv_cache_bytes: self.kv_cache_mib << 20,
                 kv_cache_dtype: self.kv_cache_dtype,
                 gpu_memory_fraction: self.gpu_memory_fraction,
-                max_num_seqs: self.max_num_seqs,
-                max_num_batched_tokens: self.max_num_batched_tokens,
                 max_model_len: self.max_model_len,
                 max_pending_requests: self.max_pending_requests,
                 max_pending_per_client: self.max_pending_per_client,
                 ..EngineConfig::default()
             },
+            step_limit_flags: Some(StepLimitFlags {
+                max_num_seqs: self.max_num_seqs,
+                max_num_batched_tokens: self.max_num_batched_tokens,
+            }),
         }
     }
 }

@@ -5,7 +5,8 @@ mod common;
 
 use common::{max_abs_diff, tokens, write_tiny_model, Oracle, TinySpec};
 use rmr1::engine::block_manager::{BlockManager, SeqId};
-use rmr1::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
+use rmr1::model::attention::cpu::CpuPagedAttention;
+use rmr1::model::attention::KvCacheDtype;
 use rmr1::model::{AttentionBatch, CacheShape, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
 
 const TOL: f32 = 1e-4;

@@ -9,7 +9,8 @@
 mod common;
 
 use rmr1::engine::block_manager::BlockManager;
-use rmr1::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
+use rmr1::model::attention::cpu::CpuPagedAttention;
+use rmr1::model::attention::KvCacheDtype;
 use rmr1::model::chat_template::ChatMessage;
 use rmr1::model::{self, CacheShape, ForwardBatch, LoadOptions, SequenceSpan};
 

@@ -66,7 +66,7 @@ fn sharded_bf16_directory_loads_and_matches_candle() {
     let mut attention = rmr1::model::attention::cpu::CpuPagedAttention::new(
         shape,
         cfg.num_attention_heads,
-        rmr1::model::attention::cpu::KvCacheDtype::F32,
+        rmr1::model::attention::KvCacheDtype::F32,
     );
     let mut batch = ForwardBatch {
         tokens: t.clone(),

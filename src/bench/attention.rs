@@ -1,8 +1,9 @@
 //! `rmr1 bench attention`: the CPU paged attention at judge shapes, the serving backend against
 //! the reference it is tested with, in the same run. Prints a table; asserts nothing.
 
-use crate::model::attention::cpu::{CpuPagedAttention, KvCacheDtype};
+use crate::model::attention::cpu::CpuPagedAttention;
 use crate::model::attention::reference::ReferencePagedAttention;
+use crate::model::attention::KvCacheDtype;
 use crate::model::{AttentionBatch, PagedAttention, SequenceSpan};
 use anyhow::Result;
 use candle_core::{Device, Tensor};

@@ -282,6 +282,7 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
     );
     let mut levels = Vec::new();
     for (k, &c) in args.concurrency.iter().enumerate() {
+        let before = own_kernel_counters();
         let (wall, mut ttfts, mut itls) = run_level(
             &engine,
             &args,
@@ -318,9 +319,26 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             wall
         );
         levels.push(level);
+        if let (Some((l0, u0)), Some((l1, u1))) = (before, own_kernel_counters()) {
+            // Mostly decode steps: the c sequences generate together, one token each per step.
+            let tokens = args.new_tokens as f64;
+            println!(
+                "      rmr1's own CUDA launches {:.1} and uploads {:.1} per decode step (candle's ops not counted)",
+                (l1 - l0) as f64 / tokens,
+                (u1 - u0) as f64 / tokens
+            );
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&levels)?)?;
     }
     Ok(())
+}
+
+/// `crate::cuda::counters` in a CUDA build.
+fn own_kernel_counters() -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    return Some(crate::cuda::counters());
+    #[cfg(not(feature = "cuda"))]
+    None
 }

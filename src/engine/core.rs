@@ -41,10 +41,10 @@ pub struct EngineConfig {
     /// Send the engine's counters and gauges to Prometheus. Off for engines that are not the
     /// served one (GRPO rollouts), whose numbers would mix with the judge's.
     pub export_metrics: bool,
-    /// Element type of the KV cache on the CPU (a GPU cache uses the model's dtype). `None`: f16
-    /// for GGUF models (their weights are already far coarser than f16's rounding of K/V), else
-    /// the model's own dtype, so dense f32 models stay exact against f32 references (training).
-    pub kv_cache_dtype: Option<crate::model::attention::cpu::KvCacheDtype>,
+    /// Element type of the KV cache. `None`: for GGUF models f16 on the CPU and bf16 on a GPU
+    /// (their weights are already far coarser than that rounding of K/V), else the model's own
+    /// dtype, so dense f32 models stay exact against f32 references (training).
+    pub kv_cache_dtype: Option<crate::model::attention::KvCacheDtype>,
 }
 
 impl Default for EngineConfig {
@@ -99,10 +99,7 @@ impl EngineCore {
         let cfg = model.config().clone();
         let (attention, plan) = cache_plan::build(&model, config)?;
         let shape = plan.shape;
-        let max_model_len = config
-            .max_model_len
-            .unwrap_or(cfg.max_position_embeddings)
-            .min(cfg.max_position_embeddings);
+        let max_model_len = cache_plan::max_model_len(&cfg, config);
         tracing::info!(
             device = ?model.device(),
             blocks = shape.num_blocks,

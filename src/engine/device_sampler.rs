@@ -55,38 +55,41 @@ pub fn sample(logits: &Tensor, requests: &[SampleRequest]) -> Result<Vec<SampleR
         bail!("sample request for row {} of {rows}", r.row);
     }
     let dev = cuda::cuda_device(logits.device())?;
-    let column = |f: fn(&SampleRequest) -> f32| requests.iter().map(f).collect::<Vec<f32>>();
-    let rows_of: Vec<u32> = requests.iter().map(|r| r.row).collect();
-    let top_k: Vec<u32> = requests.iter().map(|r| r.top_k).collect();
-    let rows_of = cuda::upload(dev, &rows_of)?;
-    let temperature = cuda::upload(dev, &column(|r| r.temperature))?;
-    let top_k = cuda::upload(dev, &top_k)?;
-    let top_p = cuda::upload(dev, &column(|r| r.top_p))?;
-    let uniform = cuda::upload(dev, &column(|r| r.uniform))?;
     let n = requests.len();
-    let mut tokens = dev.alloc_zeros::<u32>(n)?;
-    let mut maxes = dev.alloc_zeros::<f32>(n)?;
-    let mut log_sums = dev.alloc_zeros::<f32>(n)?;
+    // One upload for the step's requests and one download for its results: five columns of 32-bit
+    // words in, three out. The kernel reads each column through its own typed pointer.
+    let mut packed: Vec<u32> = Vec::with_capacity(5 * n);
+    packed.extend(requests.iter().map(|r| r.row));
+    packed.extend(requests.iter().map(|r| r.temperature.to_bits()));
+    packed.extend(requests.iter().map(|r| r.top_k));
+    packed.extend(requests.iter().map(|r| r.top_p.to_bits()));
+    packed.extend(requests.iter().map(|r| r.uniform.to_bits()));
+    let packed = cuda::upload(dev, &packed)?;
+    let column = |i: usize| packed.slice(i * n..(i + 1) * n);
+    let mut results = dev.alloc_zeros::<u32>(3 * n)?;
     let func = cuda::function(dev, SAMPLING, "rmr1_sample_rows_f32")?;
     let logits = logits.contiguous()?;
     let vocab = vocab as u32;
     cuda::with_view::<f32, _>(&logits, |l| {
+        let (mut tokens, mut rest) = results.split_at_mut(n);
+        let (mut maxes, mut log_sums) = rest.split_at_mut(n);
         let mut b = func.builder();
+        let (rows_of, temperature, top_k, top_p, uniform) =
+            (column(0), column(1), column(2), column(3), column(4));
         b.arg(l).arg(&vocab).arg(&rows_of).arg(&temperature);
         b.arg(&top_k).arg(&top_p).arg(&uniform);
         b.arg(&mut tokens).arg(&mut maxes).arg(&mut log_sums);
-        // Safety: every row index was checked against the logits' shape.
+        // Safety: every row index was checked against the logits' shape; the f32 columns hold
+        // f32 bit patterns, so the kernel's float pointers read the values they were given.
         unsafe { b.launch(launch_config((n as u32, 1, 1), THREADS)) }.w()?;
         Ok(())
     })?;
-    let tokens = dev.clone_dtoh(&tokens)?;
-    let maxes = dev.clone_dtoh(&maxes)?;
-    let log_sums = dev.clone_dtoh(&log_sums)?;
+    let results = dev.clone_dtoh(&results)?;
     Ok((0..n)
         .map(|i| SampleResult {
-            token: tokens[i],
-            max: maxes[i],
-            log_sum: log_sums[i],
+            token: results[i],
+            max: f32::from_bits(results[n + i]),
+            log_sum: f32::from_bits(results[2 * n + i]),
         })
         .collect())
 }

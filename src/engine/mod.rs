@@ -16,6 +16,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
+pub mod step_limits;
 
 pub use self::core::{EngineConfig, EngineCore};
 pub use fault::EngineFault;
@@ -24,3 +25,4 @@ pub use request::{
     ClientId, EngineEvent, FinishReason, Finished, GenerateRequest, LogprobProbe, ProbeTrigger,
     SamplingParams, TokenEvent, Usage,
 };
+pub use step_limits::StepLimitFlags;

@@ -19,8 +19,9 @@ use rand::{Rng, SeedableRng};
 pub fn run(device: &Device, seed: u64) -> Vec<CheckResult> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut results = Vec::new();
-    // Qwen2.5-7B / 0.5B grouping (7:1) at head_dim 128, 32B-like 5:1, and plain multi-head at 64.
-    let shapes = [(14, 2, 128), (10, 2, 128), (4, 4, 64)];
+    // The served shapes: Qwen2.5-0.5B (14 q / 2 kv heads, d64), 7B (28 / 4, d128), 14B and 32B
+    // (40 / 8, d128), and plain multi-head attention.
+    let shapes = [(14, 2, 64), (28, 4, 128), (40, 8, 128), (4, 4, 64)];
     for (i, &(heads, kv_heads, head_dim)) in shapes.iter().enumerate() {
         for dtype in [DType::BF16, DType::F32] {
             if i > 0 && dtype == DType::F32 {
@@ -46,9 +47,17 @@ struct Plan {
     new: usize,
 }
 
-/// Decode with short and long contexts (several 512-position partitions), a prefill chunk over a
-/// cached prefix, and a fresh prefill, in one mixed batch.
-const PLANS: [Plan; 5] = [
+/// Decode with short and long contexts (up to 24 512-position partitions, past 10k tokens), prefill
+/// chunks over a short and a 10k cached prefix, and a fresh prefill, in one mixed batch.
+const PLANS: [Plan; 7] = [
+    Plan {
+        cached: 12_000,
+        new: 1,
+    },
+    Plan {
+        cached: 10_000,
+        new: 8,
+    },
     Plan { cached: 4, new: 1 },
     Plan {
         cached: 699,

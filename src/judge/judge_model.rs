@@ -175,6 +175,9 @@ pub struct JudgeModelOptions {
     pub name: Option<String>,
     pub device: crate::model::DeviceChoice,
     pub engine: EngineConfig,
+    /// `Some` (the command line): `engine`'s step limits are replaced by these flags, and what they
+    /// leave unset by the defaults of the device the model lands on. `None`: `engine` as given.
+    pub step_limit_flags: Option<crate::engine::StepLimitFlags>,
 }
 
 impl JudgeModel {
@@ -184,12 +187,17 @@ impl JudgeModel {
         // Decide the family first: a missing one is a configuration error, found before loading.
         let choice =
             super::manifest::choose_family(spec, options.family, options.manifest.as_deref())?;
+        let device = options.device.open()?;
+        let mut engine = options.engine.clone();
+        if let Some(flags) = options.step_limit_flags {
+            flags.apply(&device, &mut engine);
+        }
         let mut loaded = crate::model::load(
             spec,
             &crate::model::LoadOptions {
                 tokenizer: options.tokenizer.clone(),
                 adapter: options.adapter.clone(),
-                device: options.device.open()?,
+                device,
                 ..crate::model::LoadOptions::default()
             },
         )?;
@@ -200,7 +208,7 @@ impl JudgeModel {
             Some(adapter) => format!("{spec} + adapter {}", adapter.display()),
             None => spec.to_string(),
         };
-        let model = Self::start(loaded, &source, choice, options.engine.clone())?;
+        let model = Self::start(loaded, &source, choice, engine)?;
         tracing::info!(
             name = model.name(),
             family = %model.family(),

@@ -49,10 +49,12 @@ impl DeviceChoice {
                 if !cfg!(feature = "cuda") {
                     bail!("this rmr1 was built without CUDA: rebuild with --features cuda, or use --device cpu");
                 }
-                Device::new_cuda(ordinal).with_context(|| format!("opening GPU {ordinal}"))
+                let device =
+                    Device::new_cuda(ordinal).with_context(|| format!("opening GPU {ordinal}"))?;
+                Ok(configured(device))
             }
             Self::Auto if cfg!(feature = "cuda") => match Device::new_cuda(0) {
-                Ok(device) => Ok(device),
+                Ok(device) => Ok(configured(device)),
                 Err(e) => {
                     tracing::warn!(error = %e, "no usable GPU; running on the CPU");
                     Ok(Device::Cpu)
@@ -61,6 +63,15 @@ impl DeviceChoice {
             Self::Auto => Ok(Device::Cpu),
         }
     }
+}
+
+/// A freshly opened GPU set up for serving before anything is allocated on it.
+fn configured(device: Device) -> Device {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = &device {
+        crate::cuda::disable_event_tracking(dev);
+    }
+    device
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 // include/, against straightforward references written independently of the kernels. Fresh random
 // inputs every run; the seed is printed and can be passed back as the first argument to replay a run.
 // Exit status: 0 when every check passes, 1 otherwise (3 if the emulator caught a CUDA rule violation).
+#include <sys/mman.h>
+
 #include <chrono>
 #include <cstdlib>
 
@@ -117,6 +119,46 @@ struct AttnCase {
   uint32_t heads, kv_heads, dim;
   std::vector<SeqSpec> seqs;
   uint32_t block_size = 16;
+  // Block ids start here: a large value puts the sequences' K/V more than 4 GiB into the pool, where
+  // an index computed in 32 bits would wrap.
+  uint32_t first_block = 0;
+};
+
+// One K or V pool. Past 1 GiB it is a mapping the kernel touches only where the sequences' blocks
+// are, so a pool beyond 4 GiB costs only the pages in use.
+template <class T>
+struct CachePool {
+  T* ptr = nullptr;
+  size_t len = 0;
+  bool mapped = false;
+  explicit CachePool(size_t n) : len(n), mapped(n * sizeof(T) > (size_t(1) << 30)) {
+    if (mapped) {
+      void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) {
+        std::perror("mmap");
+        std::exit(2);
+      }
+      ptr = static_cast<T*>(p);
+    } else {
+      ptr = new T[n];
+      std::memset(static_cast<void*>(ptr), 0xff, n * sizeof(T));  // NaN everywhere
+    }
+  }
+  ~CachePool() {
+    if (mapped) {
+      munmap(ptr, len * sizeof(T));
+    } else {
+      delete[] ptr;
+    }
+  }
+  CachePool(const CachePool&) = delete;
+  CachePool& operator=(const CachePool&) = delete;
+  T* data() { return ptr; }
+  T& operator[](size_t i) { return ptr[i]; }
+  // A mapped pool is poisoned block by block (the rest is never touched, and reads as zeros).
+  void poison_block(uint32_t block, size_t block_len) {
+    if (mapped) std::memset(static_cast<void*>(ptr + size_t(block) * block_len), 0xff, block_len * sizeof(T));
+  }
 };
 
 constexpr uint32_t kPartition = 512;  // the kernel's RMR1_PARTITION, as the host launch code must know it
@@ -133,13 +175,16 @@ void check_attention(const AttnCase& c, Rng& rng) {
     max_blocks = std::max(max_blocks, nb);
   }
   max_blocks += 1;  // every table row has padding past its last block
-  const uint32_t num_blocks = needed + 4;
-  const std::vector<uint32_t> pool = rng.permutation(num_blocks);  // scrambled block ids
-  const uint32_t pad_block = pool.back();                          // never assigned: stays NaN
+  const uint32_t num_blocks = c.first_block + needed + 4;
+  std::vector<uint32_t> pool = rng.permutation(needed + 4);  // scrambled block ids
+  for (uint32_t& b : pool) b += c.first_block;
+  const uint32_t pad_block = pool.back();  // never assigned: stays NaN
   std::vector<uint32_t> tables(c.seqs.size() * max_blocks, pad_block);
-  std::vector<T> kc(size_t(num_blocks) * bs * width), vc(kc.size());
-  check::poison(kc);
-  check::poison(vc);
+  CachePool<T> kc(size_t(num_blocks) * bs * width), vc(size_t(num_blocks) * bs * width);
+  for (uint32_t b : pool) {
+    kc.poison_block(b, size_t(bs) * width);
+    vc.poison_block(b, size_t(bs) * width);
+  }
   size_t next = 0;
   for (size_t s = 0; s < c.seqs.size(); ++s) {
     const uint32_t total = c.seqs[s].cached + c.seqs[s].fresh;
@@ -271,6 +316,25 @@ AttnCase odd_dim_case(Rng& rng) {
   return c;
 }
 
+// The served models' shapes at long contexts (bf16, as served): a decode at 16k, a prefill chunk
+// near 10k and a short decode in one launch (32 partitions, most of them empty for the short token).
+AttnCase production_case(Rng& rng, const char* model, uint32_t heads, uint32_t kv_heads, uint32_t dim) {
+  AttnCase c{"", heads, kv_heads, dim, {}};
+  c.name = std::string(model) + " " + std::to_string(heads) + ":" + std::to_string(kv_heads) + " d" +
+           std::to_string(dim) + ", ctx 16k + 10k chunk";
+  c.seqs = {{16383, 1}, {rng.between(9990, 10100), 3}, {rng.between(1, 600), 1}};
+  return c;
+}
+
+// The 7B's shape with every block more than 2^32 elements (8 GiB of bf16) into the pool, where an
+// element index computed in 32 bits wraps (512 elements per slot: block 524,288 starts at 2^32).
+AttnCase far_pool_case(Rng& rng) {
+  AttnCase c{"7B 28:4 d128, K/V past 2^32 elements into the pool", 28, 4, 128, {}};
+  c.seqs = {{rng.between(1000, 1500), 1}, {rng.between(300, 600), 4}};
+  c.first_block = 524288 + rng.below(1000);
+  return c;
+}
+
 template <class T>
 void check_all_attention(Rng& rng) {
   check_attention<T>(mixed_case(rng, 14, 2, 128, rng.between(1100, 1500)), rng);
@@ -302,6 +366,10 @@ int main(int argc, char** argv) {
   check_all_attention<float>(rng);
   check_all_attention<__nv_bfloat16>(rng);
   check_attention<__half>(single_case(rng, 7, 1, 64), rng);
+  check_attention<__nv_bfloat16>(production_case(rng, "0.5B", 14, 2, 64), rng);
+  check_attention<__nv_bfloat16>(production_case(rng, "7B", 28, 4, 128), rng);
+  check_attention<__nv_bfloat16>(production_case(rng, "14B/32B", 40, 8, 128), rng);
+  check_attention<__nv_bfloat16>(far_pool_case(rng), rng);
   check_sampling(rng);
 
   const bool ok = check::print_table();

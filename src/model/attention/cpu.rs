@@ -13,7 +13,7 @@
 //! block is contiguous (the reference keeps `[slot][kv_head][head_dim]`; `read_block` converts).
 
 use super::cpu_tile::{attend_tile, KvElement, TileScratch, TileShape};
-use super::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
+use super::{AttentionBatch, BlockId, CacheShape, KvCacheDtype, PagedAttention, SequenceSpan};
 use crate::model::parallel::{parallel_for, SharedMut};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use half::{bf16, f16};
@@ -23,37 +23,6 @@ use std::cell::RefCell;
 /// vectors (28 KiB at head dim 64): enough reuse per K/V block, still L2-resident, and a 512-token
 /// chunk still splits into 32 items per kv head for the threads to share.
 const ROWS_PER_TILE: usize = 16;
-
-/// Element type of the K/V cache on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum KvCacheDtype {
-    /// Half the memory of f32 and exact to ~3 significant digits (K/V values are O(1–100)).
-    #[default]
-    F16,
-    /// Same size as f16 with f32's range but 3 fewer mantissa bits.
-    Bf16,
-    /// Exact; twice the memory and memory traffic.
-    F32,
-}
-
-impl KvCacheDtype {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            KvCacheDtype::F16 | KvCacheDtype::Bf16 => 2,
-            KvCacheDtype::F32 => 4,
-        }
-    }
-}
-
-impl std::fmt::Display for KvCacheDtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            KvCacheDtype::F16 => "f16",
-            KvCacheDtype::Bf16 => "bf16",
-            KvCacheDtype::F32 => "f32",
-        })
-    }
-}
 
 struct LayerCache<E> {
     k: Vec<E>,

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::attention::reference::ReferencePagedAttention;
-use crate::model::attention::SequenceSpan;
+use crate::model::attention::{KvCacheDtype, SequenceSpan};
 
 /// xorshift64*: deterministic values in [-2, 2) without a dependency.
 struct Values(u64);
@@ -24,12 +24,10 @@ impl Values {
 
 /// K/V as the cache will hold them, so the reference sees the same inputs the fast path stores.
 fn rounded(t: &Tensor, dtype: KvCacheDtype) -> Tensor {
-    let stored = match dtype {
-        KvCacheDtype::F16 => DType::F16,
-        KvCacheDtype::Bf16 => DType::BF16,
-        KvCacheDtype::F32 => DType::F32,
-    };
-    t.to_dtype(stored).unwrap().to_dtype(DType::F32).unwrap()
+    t.to_dtype(dtype.dtype())
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 struct Case {

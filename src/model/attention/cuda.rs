@@ -12,9 +12,10 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKerne
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor};
 use half::{bf16, f16};
+use std::ops::Range;
 
 /// Positions one attention block covers (kernels/paged_attention.cu `RMR1_PARTITION`).
-pub const PARTITION: usize = 512;
+pub const PARTITION: usize = super::step_layout::CUDA_PARTITION;
 /// Largest query-heads-per-kv-head ratio the kernel supports (`RMR1_MAX_GROUPS`).
 pub const MAX_GROUPS: usize = 8;
 /// Largest head dimension the kernel supports (`RMR1_MAX_HEAD_DIM`).
@@ -26,10 +27,12 @@ struct StepMetadata {
     num_tokens: usize,
     num_splits: usize,
     max_blocks_per_seq: usize,
-    slot_mapping: CudaSlice<u32>,
-    block_tables: CudaSlice<u32>,
-    token_seq: CudaSlice<u32>,
-    token_ctx: CudaSlice<u32>,
+    /// slot_mapping, block_tables, token_seq and token_ctx back to back: one upload per step.
+    metadata: CudaSlice<u32>,
+    slot_mapping: Range<usize>,
+    block_tables: Range<usize>,
+    token_seq: Range<usize>,
+    token_ctx: Range<usize>,
     part_out: CudaSlice<f32>,
     part_max: CudaSlice<f32>,
     part_sum: CudaSlice<f32>,
@@ -136,7 +139,8 @@ impl CudaPagedAttention {
                 let mut b = write.builder();
                 b.arg(k).arg(v).arg(&k_layer).arg(&v_layer);
                 let width = s.slot_width() as u32;
-                b.arg(&step.slot_mapping).arg(&width);
+                let slots = step.metadata.slice(step.slot_mapping.clone());
+                b.arg(&slots).arg(&width);
                 // Safety: slots were checked against the cache size in `prepare`.
                 unsafe { b.launch(launch_config((n as u32, 1, 1), THREADS)) }.w()?;
                 Ok(())
@@ -164,9 +168,12 @@ impl CudaPagedAttention {
         cuda::with_view::<T, _>(q, |q| {
             let mut b = attend.builder();
             b.arg(q).arg(&k_layer).arg(&v_layer);
-            b.arg(&step.block_tables)
-                .arg(&step.token_seq)
-                .arg(&step.token_ctx);
+            let (tables, seq, ctx) = (
+                step.metadata.slice(step.block_tables.clone()),
+                step.metadata.slice(step.token_seq.clone()),
+                step.metadata.slice(step.token_ctx.clone()),
+            );
+            b.arg(&tables).arg(&seq).arg(&ctx);
             b.arg(&mut out)
                 .arg(&mut step.part_out)
                 .arg(&mut step.part_max)
@@ -217,14 +224,24 @@ impl PagedAttention for CudaPagedAttention {
             1
         };
         let dev = &self.dev;
+        let mut packed = Vec::with_capacity(3 * n + layout.block_tables.len());
+        let mut append = |part: &[u32]| {
+            packed.extend_from_slice(part);
+            packed.len() - part.len()..packed.len()
+        };
+        let slot_mapping = append(&batch.slot_mapping);
+        let block_tables = append(&layout.block_tables);
+        let token_seq = append(&layout.token_seq);
+        let token_ctx = append(&layout.token_ctx);
         self.step = Some(StepMetadata {
             num_tokens: n,
             num_splits,
             max_blocks_per_seq: layout.max_blocks_per_seq,
-            slot_mapping: cuda::upload(dev, &batch.slot_mapping)?,
-            block_tables: cuda::upload(dev, &layout.block_tables)?,
-            token_seq: cuda::upload(dev, &layout.token_seq)?,
-            token_ctx: cuda::upload(dev, &layout.token_ctx)?,
+            metadata: cuda::upload(dev, &packed)?,
+            slot_mapping,
+            block_tables,
+            token_seq,
+            token_ctx,
             // Safety: with several partitions the kernel writes every element before the reduce
             // reads it; with one, nothing reads them.
             part_out: unsafe { dev.alloc::<f32>(partial * num_splits * s.head_dim)? },
@@ -261,16 +278,20 @@ impl PagedAttention for CudaPagedAttention {
         if layer >= s.num_layers {
             bail!("layer {layer} of a {}-layer cache", s.num_layers);
         }
+        // The cache's dtype may be narrower than the model's (a GGUF model computes in f32 but
+        // keeps K/V in bf16): the kernels run in the cache's, the output returns in the model's.
+        let model_dtype = q.dtype();
         let (q, k, v) = (
             q.to_dtype(self.dtype)?.contiguous()?,
             k.to_dtype(self.dtype)?.contiguous()?,
             v.to_dtype(self.dtype)?.contiguous()?,
         );
-        match self.dtype {
+        let out = match self.dtype {
             DType::BF16 => self.run_layer::<bf16>(layer, &q, &k, &v),
             DType::F16 => self.run_layer::<f16>(layer, &q, &k, &v),
             _ => self.run_layer::<f32>(layer, &q, &k, &v),
-        }
+        }?;
+        out.to_dtype(model_dtype)
     }
 
     fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<()> {

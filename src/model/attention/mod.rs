@@ -13,7 +13,46 @@ pub mod cuda;
 pub mod reference;
 pub mod step_layout;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+/// Element type of the K/V cache, on either device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KvCacheDtype {
+    /// Half the memory of f32 and exact to ~3 significant digits (K/V values are O(1–100)).
+    #[default]
+    F16,
+    /// Same size as f16 with f32's range but 3 fewer mantissa bits.
+    Bf16,
+    /// Exact; twice the memory and memory traffic.
+    F32,
+}
+
+impl KvCacheDtype {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            KvCacheDtype::F16 | KvCacheDtype::Bf16 => 2,
+            KvCacheDtype::F32 => 4,
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            KvCacheDtype::F16 => DType::F16,
+            KvCacheDtype::Bf16 => DType::BF16,
+            KvCacheDtype::F32 => DType::F32,
+        }
+    }
+}
+
+impl std::fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvCacheDtype::F16 => "f16",
+            KvCacheDtype::Bf16 => "bf16",
+            KvCacheDtype::F32 => "f32",
+        })
+    }
+}
 
 /// Index of a KV block in every layer's pool (block `b` of layer 0 and block `b` of layer 27 belong
 /// to the same tokens).

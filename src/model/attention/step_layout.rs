@@ -5,6 +5,29 @@
 use super::{AttentionBatch, CacheShape};
 use candle_core::Result;
 
+/// Positions one CUDA attention block covers (kernels/paged_attention.cu `RMR1_PARTITION`); a context
+/// of `c` positions is split into `c / PARTITION` (rounded up) partial results merged by a reduce.
+pub const CUDA_PARTITION: usize = 512;
+
+/// Upper bound on the device bytes one step's attention metadata and split-attention scratch take
+/// (what `CudaPagedAttention::prepare` allocates), for a step of `tokens` token rows from `seqs`
+/// sequences whose contexts reach `max_context` positions.
+pub fn step_device_bytes(
+    tokens: usize,
+    seqs: usize,
+    num_heads: usize,
+    shape: &CacheShape,
+    max_context: usize,
+) -> usize {
+    let splits = max_context.div_ceil(CUDA_PARTITION).max(1);
+    let blocks_per_seq = max_context.div_ceil(shape.block_size).max(1);
+    // part_out (head_dim floats), part_max and part_sum (one float each) per token, head and split.
+    let partials = tokens * num_heads * splits * (shape.head_dim + 2) * 4;
+    // slot_mapping, token_seq, token_ctx per token; one block-table row per sequence.
+    let metadata = (3 * tokens + seqs * blocks_per_seq) * 4;
+    partials + metadata
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepLayout {
     /// Row of each token's sequence in `block_tables`.
@@ -96,6 +119,50 @@ mod tests {
         assert_eq!(layout.block_tables, vec![1, 4, 5, 2, 7, 0]);
         // Longest context 10 over partitions of 4 positions.
         assert_eq!(layout.num_splits, 3);
+    }
+
+    #[test]
+    fn the_step_budget_bounds_what_a_real_step_allocates() {
+        // Two sequences at the full budgeted context (1,500 positions) plus a short prefill chunk.
+        let shape = CacheShape {
+            num_layers: 1,
+            num_blocks: 256,
+            block_size: 16,
+            num_kv_heads: 2,
+            head_dim: 64,
+        };
+        let heads = 14;
+        let long: Vec<u32> = (0..94).collect();
+        let batch = AttentionBatch {
+            slot_mapping: (0..1 + 1 + 30).map(|i| 94 * 16 + i).collect(),
+            sequences: vec![
+                span(0, 1, 1500, &long),
+                span(1, 1, 1500, &long),
+                span(2, 30, 30, &[94, 95]),
+            ],
+        };
+        let layout = StepLayout::new(&batch, &shape, CUDA_PARTITION).unwrap();
+        let n = batch.num_tokens();
+        // What CudaPagedAttention::prepare uploads and allocates for this layout.
+        let allocated = 4 * (n + layout.token_seq.len() + layout.token_ctx.len())
+            + 4 * layout.block_tables.len()
+            + 4 * n * heads * layout.num_splits * (shape.head_dim + 2);
+        let budget = step_device_bytes(n, 3, heads, &shape, 1500);
+        assert_eq!(layout.num_splits, 3);
+        // Exact for a step whose longest context is the budgeted one.
+        assert_eq!(allocated, budget);
+        // A shorter step needs less than the budget at the longest context.
+        let short = StepLayout::new(
+            &AttentionBatch {
+                slot_mapping: vec![94 * 16],
+                sequences: vec![span(0, 1, 1, &[94])],
+            },
+            &shape,
+            CUDA_PARTITION,
+        )
+        .unwrap();
+        assert_eq!(short.num_splits, 1);
+        assert!(step_device_bytes(1, 1, heads, &shape, 1) < budget);
     }
 
     #[test]

@@ -47,6 +47,8 @@
 #include <vector>
 
 #define __global__
+// Register budgeting is a compiler hint with nothing to emulate.
+#define __launch_bounds__(...)
 #define __device__
 #define __host__
 #define __forceinline__ inline
