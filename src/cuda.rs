@@ -28,6 +28,11 @@ pub const PAGED_ATTENTION: Module = Module {
     ptx: include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx")),
 };
 
+pub const FUSED: Module = Module {
+    name: "rmr1_fused",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/fused.ptx")),
+};
+
 pub const SAMPLING: Module = Module {
     name: "rmr1_sampling",
     ptx: include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx")),
@@ -95,6 +100,44 @@ pub fn with_view<T: CudaDType + DeviceRepr, R>(
     };
     let slice = cuda.as_cuda_slice::<T>()?;
     f(&slice.slice(start..end))
+}
+
+/// Elements between consecutive rows of a 2-D tensor whose rows are each contiguous (a contiguous
+/// matrix, or a column range of a wider one); `None` for any other layout.
+pub fn row_stride(tensor: &Tensor) -> Option<usize> {
+    let (rows, cols) = tensor.dims2().ok()?;
+    let stride = tensor.layout().stride();
+    if cols > 1 && stride[1] != 1 {
+        return None;
+    }
+    Some(if rows > 1 { stride[0] } else { cols })
+}
+
+/// Runs `f` on the device memory of a 2-D CUDA tensor whose rows may be apart ([`row_stride`]): from
+/// its first element to the end of its last row.
+pub fn with_rows<T: CudaDType + DeviceRepr, R>(
+    tensor: &Tensor,
+    f: impl FnOnce(&CudaView<'_, T>) -> Result<R>,
+) -> Result<R> {
+    let (rows, cols) = tensor.dims2()?;
+    let Some(stride) = row_stride(tensor) else {
+        bail!(
+            "kernel input of layout {:?} does not have contiguous rows",
+            tensor.layout()
+        )
+    };
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cuda(cuda) = &*storage else {
+        bail!("expected a CUDA tensor, got one on {:?}", tensor.device())
+    };
+    let start = layout.start_offset();
+    let len = if rows == 0 {
+        0
+    } else {
+        (rows - 1) * stride + cols
+    };
+    let slice = cuda.as_cuda_slice::<T>()?;
+    f(&slice.slice(start..start + len))
 }
 
 /// Wraps device memory the caller filled as a tensor (contiguous strides).

@@ -38,6 +38,7 @@ pub fn run(device: &Device, seed: u64) -> Vec<CheckResult> {
         Ok(mut r) => results.append(&mut r),
         Err(e) => results.push(CheckResult::error("sampling", &e)),
     }
+    results.extend(super::fused::run(device, &mut rng));
     results
 }
 
@@ -75,7 +76,7 @@ const PLANS: [Plan; 7] = [
 ];
 
 /// A standard normal draw (Box-Muller).
-fn normal(rng: &mut StdRng) -> f32 {
+pub(super) fn normal(rng: &mut StdRng) -> f32 {
     let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()

@@ -4,6 +4,8 @@
 //! scripts/gpu-check.sh runs the whole sequence and prints the final table.
 
 #[cfg(feature = "cuda")]
+mod fused;
+#[cfg(feature = "cuda")]
 pub mod kernels;
 pub mod model;
 

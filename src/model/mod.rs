@@ -6,6 +6,7 @@ pub mod base_weights;
 pub mod chat_template;
 pub mod config;
 pub mod device;
+pub mod fused;
 mod int8_kernels;
 pub mod int8_matmul;
 pub mod loader;

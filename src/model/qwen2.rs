@@ -6,6 +6,7 @@
 
 use super::attention::{AttentionBatch, PagedAttention};
 use super::config::Qwen2Config;
+use super::fused;
 use super::int8_matmul::Int8BlockMatrix;
 use super::rope::RopeTables;
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
@@ -349,36 +350,33 @@ impl Qwen2 {
             );
         }
         let cfg = &self.config;
-        let (heads, kv_heads, d) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim(),
-        );
         let eps = cfg.rms_norm_eps as f32;
         let tokens = Tensor::from_slice(&batch.tokens, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
-        let (cos, sin) = self.rope.gather(&positions)?;
+        let rotary = self.rope.gather(&positions)?;
         attention.prepare(&batch.attention)?;
 
         let mut x = self.embed_tokens.embedding(&tokens)?.to_dtype(self.dtype)?;
+        // The residual stream and its normalised copy for the next projection: each residual add
+        // and the norm after it are one fused step on a GPU.
+        let mut h = candle_nn::ops::rms_norm(&x, &self.layers[0].input_norm, eps)?;
         for (idx, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let qkv = layer.qkv.forward(&h)?;
-            let q = qkv[0].reshape((1, n, heads, d))?;
-            let k = qkv[1].reshape((1, n, kv_heads, d))?;
-            let v = qkv[2].contiguous()?.reshape((n, kv_heads, d))?;
-            let q = self.rope.apply(&q, &cos, &sin)?.reshape((n, heads, d))?;
-            let k = self.rope.apply(&k, &cos, &sin)?.reshape((n, kv_heads, d))?;
             let attn = attention
-                .forward(idx, &q, &k, &v, &batch.attention)?
+                .forward_rotary(idx, (&qkv[0], &qkv[1], &qkv[2]), &rotary, &batch.attention)?
                 .to_device(&self.device)?
                 .to_dtype(self.dtype)?;
-            x = (x + layer.o_proj.forward(&attn)?)?;
+            let post_attention = layer.o_proj.forward(&attn)?;
+            (x, h) = fused::add_rms_norm(&x, &post_attention, &layer.post_attention_norm, eps)?;
 
-            let h = candle_nn::ops::rms_norm(&x, &layer.post_attention_norm, eps)?;
             let gate_up = layer.gate_up.forward(&h)?;
-            let gate = candle_nn::ops::silu(&gate_up[0])?;
-            x = (x + layer.down_proj.forward(&(gate * &gate_up[1])?)?)?;
+            let mlp = layer
+                .down_proj
+                .forward(&fused::silu_mul(&gate_up[0], &gate_up[1])?)?;
+            match self.layers.get(idx + 1) {
+                Some(next) => (x, h) = fused::add_rms_norm(&x, &mlp, &next.input_norm, eps)?,
+                None => x = (x + mlp)?,
+            }
         }
         if batch.logit_rows.is_empty() {
             // A step that only advances prefill chunks samples nothing. Empty device tensors are not

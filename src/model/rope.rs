@@ -45,18 +45,26 @@ impl RopeTables {
         self.cos.dim(0).unwrap_or(0)
     }
 
-    /// Rows of the tables for each token's position: `([n, d/2], [n, d/2])`.
-    pub fn gather(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.cos.index_select(positions, 0)?,
-            self.sin.index_select(positions, 0)?,
-        ))
+    /// Rows of the tables for each token's position (`[n, d/2]` each).
+    pub fn gather(&self, positions: &Tensor) -> Result<StepRotary> {
+        Ok(StepRotary {
+            cos: self.cos.index_select(positions, 0)?,
+            sin: self.sin.index_select(positions, 0)?,
+        })
     }
+}
 
+/// One step's rotary tables: each token's cos / sin rows, `[n, d/2]` f32.
+pub struct StepRotary {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl StepRotary {
     /// Rotates `x` `[1, n, heads, d]` (non-interleaved halves, as HF Qwen2) in f32.
-    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::rotary_emb::rope_thd(&x, cos, sin)?.to_dtype(dtype)
+        candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?.to_dtype(dtype)
     }
 }

@@ -133,8 +133,10 @@ impl TrainableQwen2 {
                 self.max_positions()
             );
         }
-        self.rope
-            .gather(&Tensor::arange(0u32, t as u32, self.device())?)
+        let rows = self
+            .rope
+            .gather(&Tensor::arange(0u32, t as u32, self.device())?)?;
+        Ok((rows.cos, rows.sin))
     }
 
     /// Decoder layer `idx` on `x` `[T, hidden]` at positions `0..T`.

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "fused.cu"
 #include "paged_attention.cu"
 #include "sampling.cu"
 
@@ -27,6 +28,27 @@ RMR1_KERNELS(float, f32)
 RMR1_KERNELS(__nv_bfloat16, bf16)
 RMR1_KERNELS(__half, f16)
 
+// The specialised attention kernels by (head size, query heads per kv head); nullptr where the
+// launcher falls back to the generic kernel (as src/model/attention/cuda.rs does).
+template <class T>
+using FastAttention = void (*)(const T*, const T*, const T*, const uint32_t*, const uint32_t*, const uint32_t*, T*,
+                               float*, float*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, float);
+#define RMR1_FAST_CASE(SUFFIX, D, G) \
+  if (dim == D && groups == G) return rmr1_paged_attention_fast_##SUFFIX##_d##D##_g##G;
+#define RMR1_FAST_LOOKUP(T, SUFFIX)                                                                           \
+  inline FastAttention<T> fast_attention(T*, uint32_t dim, uint32_t groups) {                                \
+    RMR1_FAST_CASE(SUFFIX, 64, 1) RMR1_FAST_CASE(SUFFIX, 64, 2) RMR1_FAST_CASE(SUFFIX, 64, 4)                 \
+    RMR1_FAST_CASE(SUFFIX, 64, 5) RMR1_FAST_CASE(SUFFIX, 64, 6) RMR1_FAST_CASE(SUFFIX, 64, 7)                 \
+    RMR1_FAST_CASE(SUFFIX, 64, 8) RMR1_FAST_CASE(SUFFIX, 128, 1) RMR1_FAST_CASE(SUFFIX, 128, 2)               \
+    RMR1_FAST_CASE(SUFFIX, 128, 4) RMR1_FAST_CASE(SUFFIX, 128, 5) RMR1_FAST_CASE(SUFFIX, 128, 6)              \
+    RMR1_FAST_CASE(SUFFIX, 128, 7) RMR1_FAST_CASE(SUFFIX, 128, 8)                                             \
+    return nullptr;                                                                                           \
+  }
+RMR1_FAST_LOOKUP(__nv_bfloat16, bf16)
+RMR1_FAST_LOOKUP(__half, f16)
+inline FastAttention<float> fast_attention(float*, uint32_t, uint32_t) { return nullptr; }
+
+#include "fused_check.h"
 #include "sampling_check.h"
 
 // ---------------------------------------------------------------------------------------------------
@@ -122,6 +144,10 @@ struct AttnCase {
   // Block ids start here: a large value puts the sequences' K/V more than 4 GiB into the pool, where
   // an index computed in 32 bits would wrap.
   uint32_t first_block = 0;
+  // Positions per CUDA block (the launcher picks 512 down to 64 per step).
+  uint32_t partition = 512;
+  // Run the generic kernel even where a specialised one exists.
+  bool generic = false;
 };
 
 // One K or V pool. Past 1 GiB it is a mapping the kernel touches only where the sequences' blocks
@@ -161,7 +187,6 @@ struct CachePool {
   }
 };
 
-constexpr uint32_t kPartition = 512;  // the kernel's RMR1_PARTITION, as the host launch code must know it
 
 template <class T>
 void check_attention(const AttnCase& c, Rng& rng) {
@@ -216,10 +241,11 @@ void check_attention(const AttnCase& c, Rng& rng) {
   const uint32_t sharp = rng.below(tokens);  // one token with large scores: softmax must subtract the max
   for (size_t i = 0; i < q.size(); ++i) q[i] = store<T>(rng.normal(i / (c.heads * D) == sharp ? 8.0f : 1.0f));
 
-  // Host launch logic, mirrored: one partition per 512 positions of the longest context; with more
-  // than one, the attention kernel writes partials and the reduce kernel writes `out`.
+  // Host launch logic, mirrored: one partition per `c.partition` positions of the longest context; with
+  // more than one, the attention kernel writes partials and the reduce kernel writes `out`.
   const uint32_t max_ctx = *std::max_element(ctx_of.begin(), ctx_of.end());
-  const uint32_t splits = (max_ctx + kPartition - 1) / kPartition;
+  const uint32_t splits = (max_ctx + c.partition - 1) / c.partition;
+  const FastAttention<T> fast = c.generic ? nullptr : fast_attention(static_cast<T*>(nullptr), D, groups);
   const float scale = 1.0f / std::sqrt(float(D));
   std::vector<T> out(q.size());
   check::poison(out);
@@ -232,10 +258,18 @@ void check_attention(const AttnCase& c, Rng& rng) {
     check::poison(part_max);
     check::poison(part_sum);
   }
-  launch(Kernels<T>::attend, dim3(tokens, c.kv_heads, splits), dim3(128), q.data(), kc.data(), vc.data(),
-         tables.data(), seq_of.data(), ctx_of.data(), out.data(), splits > 1 ? part_out.data() : nullptr,
-         splits > 1 ? part_max.data() : nullptr, splits > 1 ? part_sum.data() : nullptr, c.heads, c.kv_heads, D, bs,
-         max_blocks, scale);
+  float* const po = splits > 1 ? part_out.data() : nullptr;
+  float* const pm = splits > 1 ? part_max.data() : nullptr;
+  float* const ps = splits > 1 ? part_sum.data() : nullptr;
+  if (fast) {
+    launch(fast, dim3(tokens, c.kv_heads, splits), dim3(128), q.data(), kc.data(), vc.data(), tables.data(),
+           seq_of.data(), ctx_of.data(), out.data(), po, pm, ps, c.heads, c.kv_heads, bs, max_blocks, c.partition,
+           scale);
+  } else {
+    launch(Kernels<T>::attend, dim3(tokens, c.kv_heads, splits), dim3(128), q.data(), kc.data(), vc.data(),
+           tables.data(), seq_of.data(), ctx_of.data(), out.data(), po, pm, ps, c.heads, c.kv_heads, D, bs,
+           max_blocks, c.partition, scale);
+  }
   if (splits > 1) {
     launch(Kernels<T>::reduce, dim3(tokens, c.heads), dim3(128), part_out.data(), part_max.data(), part_sum.data(),
            out.data(), c.heads, D, splits);
@@ -277,8 +311,8 @@ void check_attention(const AttnCase& c, Rng& rng) {
   }
   const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-2;
   const bool pass = worst <= tol;
-  check::record("attention " + std::string(check::dtype_name<T>()) + " " + c.name + " (" + std::to_string(splits) +
-                    (splits > 1 ? " splits)" : " split)"),
+  check::record("attention " + std::string(fast ? "fast " : "") + check::dtype_name<T>() + " " + c.name + " (" +
+                    std::to_string(splits) + " x " + std::to_string(c.partition) + ")",
                 worst, tol, pass, pass ? "" : "worst at " + where);
 }
 
@@ -326,6 +360,11 @@ AttnCase production_case(Rng& rng, const char* model, uint32_t heads, uint32_t k
   return c;
 }
 
+AttnCase with_partition(AttnCase c, uint32_t partition) {
+  c.partition = partition;
+  return c;
+}
+
 // The 7B's shape with every block more than 2^32 elements (8 GiB of bf16) into the pool, where an
 // element index computed in 32 bits wraps (512 elements per slot: block 524,288 starts at 2^32).
 AttnCase far_pool_case(Rng& rng) {
@@ -366,11 +405,25 @@ int main(int argc, char** argv) {
   check_all_attention<float>(rng);
   check_all_attention<__nv_bfloat16>(rng);
   check_attention<__half>(single_case(rng, 7, 1, 64), rng);
+  // The served shapes at 16k, through the specialised kernels at the partitions the launcher picks
+  // (512 for a busy step, 128 and 64 for small decode batches), and once through the generic one.
   check_attention<__nv_bfloat16>(production_case(rng, "0.5B", 14, 2, 64), rng);
-  check_attention<__nv_bfloat16>(production_case(rng, "7B", 28, 4, 128), rng);
-  check_attention<__nv_bfloat16>(production_case(rng, "14B/32B", 40, 8, 128), rng);
+  check_attention<__nv_bfloat16>(with_partition(production_case(rng, "7B", 28, 4, 128), 128), rng);
+  check_attention<__nv_bfloat16>(with_partition(production_case(rng, "14B/32B", 40, 8, 128), 64), rng);
+  check_attention<__half>(with_partition(mixed_case(rng, 28, 4, 128, rng.between(1100, 1500)), 256), rng);
+  AttnCase generic = mixed_case(rng, 28, 4, 128, rng.between(1100, 1500));
+  generic.generic = true;
+  check_attention<__nv_bfloat16>(with_partition(generic, 128), rng);
   check_attention<__nv_bfloat16>(far_pool_case(rng), rng);
+  AttnCase far_generic = far_pool_case(rng);
+  far_generic.generic = true;
+  check_attention<__nv_bfloat16>(far_generic, rng);
+  // Every specialised group size, short contexts, small partitions (more splits, empty tails).
+  for (uint32_t g : {1u, 2u, 4u, 5u, 6u, 7u, 8u}) {
+    check_attention<__nv_bfloat16>(with_partition(mixed_case(rng, 2 * g, 2, 64, rng.between(300, 700)), 64), rng);
+  }
   check_sampling(rng);
+  check_fused(rng);
 
   const bool ok = check::print_table();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -17,7 +17,7 @@ if [[ "${1:-}" == "--os-threads" ]]; then
   bin="$out/check-os-threads"
   shift
 fi
-"$cxx" -std=c++20 -O2 -pthread -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-parameter \
+"$cxx" -std=c++20 -O2 -fno-strict-aliasing -pthread -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-parameter \
   "${defines[@]}" -I "$here/include" -I "$kernels" -include emu.h \
   -o "$bin" "$here/check.cpp"
 exec "$bin" "$@"

@@ -2,20 +2,23 @@
 //!
 //! The K and V caches are two device allocations holding every layer, laid out like the CPU reference
 //! (`[layer][slot][kv_head][head_dim]`), so block ids and slots mean the same on both devices. The
-//! per-step metadata (slots, block tables, each token's sequence and context length) is uploaded once
-//! in [`PagedAttention::prepare`] and shared by every layer of the step.
+//! per-step metadata (slots, block tables, each token's sequence and context length) is uploaded once,
+//! packed into one buffer, in [`PagedAttention::prepare`] and shared by every layer of the step; the
+//! attention partition is chosen there too, so small decode batches still fill the GPU. Each layer
+//! launches the specialised attention kernel for the model's head size and grouping when there is one.
 
-use super::step_layout::StepLayout;
-use super::{AttentionBatch, BlockId, CacheShape, PagedAttention};
-use crate::cuda::{self, launch_config, PAGED_ATTENTION};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use super::step_layout::{choose_partition, StepLayout};
+use super::{rotate_then_attend, AttentionBatch, BlockId, CacheShape, PagedAttention};
+use crate::cuda::{self, launch_config, FUSED, PAGED_ATTENTION};
+use crate::model::rope::StepRotary;
+use candle_core::cuda_backend::cudarc::driver::{
+    sys, CudaSlice, CudaView, DeviceRepr, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor};
 use half::{bf16, f16};
 use std::ops::Range;
 
-/// Positions one attention block covers (kernels/paged_attention.cu `RMR1_PARTITION`).
-pub const PARTITION: usize = super::step_layout::CUDA_PARTITION;
 /// Largest query-heads-per-kv-head ratio the kernel supports (`RMR1_MAX_GROUPS`).
 pub const MAX_GROUPS: usize = 8;
 /// Largest head dimension the kernel supports (`RMR1_MAX_HEAD_DIM`).
@@ -25,6 +28,8 @@ const THREADS: u32 = 128;
 /// Device copies of one step's [`AttentionBatch`], plus scratch for split attention.
 struct StepMetadata {
     num_tokens: usize,
+    /// Positions per attention block this step (`choose_partition`).
+    partition: usize,
     num_splits: usize,
     max_blocks_per_seq: usize,
     /// slot_mapping, block_tables, token_seq and token_ctx back to back: one upload per step.
@@ -48,6 +53,24 @@ pub struct CudaPagedAttention {
     v_cache: CudaSlice<u8>,
     step: Option<StepMetadata>,
     poison_outputs: bool,
+    /// Blocks an attention launch should reach to keep every multiprocessor busy (twice their count).
+    target_blocks: usize,
+}
+
+/// Head sizes and query-heads-per-kv-head ratios with a specialised kernel
+/// (`rmr1_paged_attention_fast_*` in kernels/paged_attention.cu), for bf16 and f16 caches.
+const FAST_HEAD_DIMS: [usize; 2] = [64, 128];
+const FAST_GROUPS: [usize; 7] = [1, 2, 4, 5, 6, 7, 8];
+
+/// The specialised attention kernel's name for this cache, if there is one.
+fn fast_kernel(dtype: DType, head_dim: usize, groups: usize) -> Option<String> {
+    let sfx = match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => return None,
+    };
+    (FAST_HEAD_DIMS.contains(&head_dim) && FAST_GROUPS.contains(&groups))
+        .then(|| format!("rmr1_paged_attention_fast_{sfx}_d{head_dim}_g{groups}"))
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -77,6 +100,11 @@ impl CudaPagedAttention {
             );
         }
         let dev = cuda::cuda_device(device)?.clone();
+        let multiprocessors = dev
+            .cuda_stream()
+            .context()
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .w()?;
         let bytes = Self::bytes_per_token(&shape, dtype) / 2 * shape.num_blocks * shape.block_size;
         // The zeroing runs on this thread's stream: a caller handing the backend to another thread
         // synchronises first (EngineHandle::start does).
@@ -89,6 +117,7 @@ impl CudaPagedAttention {
             dev,
             step: None,
             poison_outputs: false,
+            target_blocks: 2 * multiprocessors.max(1) as usize,
         })
     }
 
@@ -110,25 +139,27 @@ impl CudaPagedAttention {
         self.num_slots() * self.shape.slot_width() * self.dtype.size_in_bytes()
     }
 
-    fn run_layer<T: CudaDType + DeviceRepr>(
-        &mut self,
+    /// This layer's K and V pools, as raw bytes.
+    fn layer_caches(&self, layer: usize) -> (CudaView<'_, u8>, CudaView<'_, u8>) {
+        let layer_bytes = self.layer_bytes();
+        let range = layer * layer_bytes..(layer + 1) * layer_bytes;
+        (self.k_cache.slice(range.clone()), self.v_cache.slice(range))
+    }
+
+    /// Writes the step's (rotated, contiguous) K and V rows into their slots of `layer`.
+    fn write_rows<T: CudaDType + DeviceRepr>(
+        &self,
         layer: usize,
-        q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-    ) -> Result<Tensor> {
+    ) -> Result<()> {
         let sfx = suffix(self.dtype)?;
         let s = self.shape;
-        let layer_bytes = self.layer_bytes();
-        let Some(step) = self.step.as_mut() else {
+        let Some(step) = self.step.as_ref() else {
             bail!("CudaPagedAttention::forward before prepare")
         };
         let n = step.num_tokens;
-        let (heads, d) = (self.num_heads, s.head_dim);
-        let layer_range = layer * layer_bytes..(layer + 1) * layer_bytes;
-        let k_layer = self.k_cache.slice(layer_range.clone());
-        let v_layer = self.v_cache.slice(layer_range);
-
+        let (k_layer, v_layer) = self.layer_caches(layer);
         let write = cuda::function(
             &self.dev,
             PAGED_ATTENTION,
@@ -145,26 +176,98 @@ impl CudaPagedAttention {
                 unsafe { b.launch(launch_config((n as u32, 1, 1), THREADS)) }.w()?;
                 Ok(())
             })
+        })
+    }
+
+    /// Rotates q and k with the step's tables and writes k and v into their slots of `layer`, in one
+    /// kernel (kernels/fused.cu); returns the rotated q, `[tokens, heads, head_dim]`. `q`, `k`, `v`
+    /// are `[tokens, width]` rows in the cache's dtype, each row contiguous, k and v equally strided.
+    fn rotate_and_write<T: CudaDType + DeviceRepr>(
+        &self,
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        (q_stride, kv_stride): (usize, usize),
+        rotary: &StepRotary,
+    ) -> Result<Tensor> {
+        let sfx = suffix(self.dtype)?;
+        let s = self.shape;
+        let Some(step) = self.step.as_ref() else {
+            bail!("CudaPagedAttention::forward before prepare")
+        };
+        let n = step.num_tokens;
+        let (heads, d) = (self.num_heads, s.head_dim);
+        let (k_layer, v_layer) = self.layer_caches(layer);
+        let (cos, sin) = (rotary.cos.contiguous()?, rotary.sin.contiguous()?);
+        if cos.dims() != [n, d / 2] || cos.dtype() != DType::F32 || sin.dims() != cos.dims() {
+            bail!(
+                "rotary tables {:?} for {n} tokens of head_dim {d}",
+                cos.dims()
+            );
+        }
+        // Safety: the kernel writes every element (each token's heads x head_dim).
+        let mut q_out = unsafe { self.dev.alloc::<T>(n * heads * d)? };
+        let func = cuda::function(&self.dev, FUSED, &format!("rmr1_rope_write_kv_{sfx}"))?;
+        cuda::with_rows::<T, _>(q, |q| {
+            cuda::with_rows::<T, _>(k, |k| {
+                cuda::with_rows::<T, _>(v, |v| {
+                    cuda::with_view::<f32, _>(&cos, |cos| {
+                        cuda::with_view::<f32, _>(&sin, |sin| {
+                            let mut b = func.builder();
+                            b.arg(q).arg(k).arg(v).arg(&q_stride).arg(&kv_stride);
+                            b.arg(cos).arg(sin);
+                            let slots = step.metadata.slice(step.slot_mapping.clone());
+                            b.arg(&slots).arg(&mut q_out).arg(&k_layer).arg(&v_layer);
+                            let dims = [heads as u32, s.num_kv_heads as u32, d as u32];
+                            b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
+                            // Safety: the row views cover n rows (with_rows), slots were
+                            // checked against the cache in `prepare`.
+                            unsafe { b.launch(launch_config((n as u32, 1, 1), 256)) }.w()?;
+                            Ok(())
+                        })
+                    })
+                })
+            })
         })?;
+        Ok(cuda::into_tensor(q_out, &self.dev, (n, heads, d)))
+    }
+
+    /// Attention of the step's (rotated) queries over `layer`'s cache, K/V already written.
+    fn attend<T: CudaDType + DeviceRepr>(&mut self, layer: usize, q: &Tensor) -> Result<Tensor> {
+        let sfx = suffix(self.dtype)?;
+        let s = self.shape;
+        let (heads, d) = (self.num_heads, s.head_dim);
+        let layer_bytes = self.layer_bytes();
+        let layer_range = layer * layer_bytes..(layer + 1) * layer_bytes;
+        let k_layer = self.k_cache.slice(layer_range.clone());
+        let v_layer = self.v_cache.slice(layer_range);
+        let Some(step) = self.step.as_mut() else {
+            bail!("CudaPagedAttention::forward before prepare")
+        };
+        let n = step.num_tokens;
 
         let mut out = unsafe { self.dev.alloc::<T>(n * heads * d)? };
         if self.poison_outputs {
             cuda::poison(&self.dev, &mut out)?;
             cuda::poison(&self.dev, &mut step.part_out)?;
         }
+        let groups = heads / s.num_kv_heads;
+        let fast = fast_kernel(self.dtype, d, groups);
         let attend = cuda::function(
             &self.dev,
             PAGED_ATTENTION,
-            &format!("rmr1_paged_attention_{sfx}"),
+            &fast
+                .clone()
+                .unwrap_or_else(|| format!("rmr1_paged_attention_{sfx}")),
         )?;
         let scale = 1.0f32 / (d as f32).sqrt();
-        let dims = [
+        let (num_heads, num_kv_heads, head_dim, block_size, max_blocks, partition) = (
             heads as u32,
             s.num_kv_heads as u32,
             d as u32,
             s.block_size as u32,
             step.max_blocks_per_seq as u32,
-        ];
+            step.partition as u32,
+        );
         cuda::with_view::<T, _>(q, |q| {
             let mut b = attend.builder();
             b.arg(q).arg(&k_layer).arg(&v_layer);
@@ -178,12 +281,18 @@ impl CudaPagedAttention {
                 .arg(&mut step.part_out)
                 .arg(&mut step.part_max)
                 .arg(&mut step.part_sum);
-            for dim in &dims {
-                b.arg(dim);
+            b.arg(&num_heads).arg(&num_kv_heads);
+            if fast.is_none() {
+                // The specialised kernels have the head size built in.
+                b.arg(&head_dim);
             }
-            b.arg(&scale);
+            b.arg(&block_size)
+                .arg(&max_blocks)
+                .arg(&partition)
+                .arg(&scale);
             let grid = (n as u32, s.num_kv_heads as u32, step.num_splits as u32);
-            // Safety: every index the kernel forms was validated in `prepare` and above.
+            // Safety: every index the kernel forms was validated in `prepare` and above; a
+            // specialised kernel is only picked for its own head size and group count.
             unsafe { b.launch(launch_config(grid, THREADS)) }.w()?;
             Ok(())
         })?;
@@ -215,7 +324,14 @@ impl PagedAttention for CudaPagedAttention {
     fn prepare(&mut self, batch: &AttentionBatch) -> Result<()> {
         let s = self.shape;
         let n = batch.num_tokens();
-        let layout = StepLayout::new(batch, &s, PARTITION)?;
+        let max_context = batch
+            .sequences
+            .iter()
+            .map(|span| span.context_len)
+            .max()
+            .unwrap_or(1);
+        let partition = choose_partition(n, s.num_kv_heads, max_context, self.target_blocks);
+        let layout = StepLayout::new(batch, &s, partition)?;
         let num_splits = layout.num_splits;
         // With one partition the kernel writes the output directly and never touches the scratch.
         let partial = if num_splits > 1 {
@@ -235,6 +351,7 @@ impl PagedAttention for CudaPagedAttention {
         let token_ctx = append(&layout.token_ctx);
         self.step = Some(StepMetadata {
             num_tokens: n,
+            partition,
             num_splits,
             max_blocks_per_seq: layout.max_blocks_per_seq,
             metadata: cuda::upload(dev, &packed)?,
@@ -287,11 +404,68 @@ impl PagedAttention for CudaPagedAttention {
             v.to_dtype(self.dtype)?.contiguous()?,
         );
         let out = match self.dtype {
-            DType::BF16 => self.run_layer::<bf16>(layer, &q, &k, &v),
-            DType::F16 => self.run_layer::<f16>(layer, &q, &k, &v),
-            _ => self.run_layer::<f32>(layer, &q, &k, &v),
+            DType::BF16 => self
+                .write_rows::<bf16>(layer, &k, &v)
+                .and_then(|()| self.attend::<bf16>(layer, &q)),
+            DType::F16 => self
+                .write_rows::<f16>(layer, &k, &v)
+                .and_then(|()| self.attend::<f16>(layer, &q)),
+            _ => self
+                .write_rows::<f32>(layer, &k, &v)
+                .and_then(|()| self.attend::<f32>(layer, &q)),
         }?;
         out.to_dtype(model_dtype)
+    }
+
+    fn forward_rotary(
+        &mut self,
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        rotary: &StepRotary,
+        batch: &AttentionBatch,
+    ) -> Result<Tensor> {
+        let s = self.shape;
+        let n = batch.num_tokens();
+        let (q_width, kv_width) = (self.num_heads * s.head_dim, s.slot_width());
+        let strides = (
+            cuda::row_stride(q),
+            cuda::row_stride(k),
+            cuda::row_stride(v),
+        );
+        // The fused kernel takes the projections as they come when they already are in the cache's
+        // dtype (a dense model's); otherwise (GGUF computes in f32) rotate, convert and write apart.
+        let fusable = [q, k, v].iter().all(|t| t.dtype() == self.dtype)
+            && q.dims() == [n, q_width]
+            && k.dims() == [n, kv_width]
+            && v.dims() == [n, kv_width]
+            && strides.1 == strides.2;
+        let (Some(q_stride), Some(kv_stride), Some(_)) = strides else {
+            return rotate_then_attend(self, layer, (q, k, v), rotary, batch);
+        };
+        if !fusable {
+            return rotate_then_attend(self, layer, (q, k, v), rotary, batch);
+        }
+        if self.step.as_ref().map(|m| m.num_tokens) != Some(n) {
+            bail!("CudaPagedAttention::forward_rotary for a batch that was not prepared");
+        }
+        if layer >= s.num_layers {
+            bail!("layer {layer} of a {}-layer cache", s.num_layers);
+        }
+        let strides = (q_stride, kv_stride);
+        match self.dtype {
+            DType::BF16 => {
+                let q = self.rotate_and_write::<bf16>(layer, (q, k, v), strides, rotary)?;
+                self.attend::<bf16>(layer, &q)
+            }
+            DType::F16 => {
+                let q = self.rotate_and_write::<f16>(layer, (q, k, v), strides, rotary)?;
+                self.attend::<f16>(layer, &q)
+            }
+            _ => {
+                let q = self.rotate_and_write::<f32>(layer, (q, k, v), strides, rotary)?;
+                self.attend::<f32>(layer, &q)
+            }
+        }
     }
 
     fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<()> {

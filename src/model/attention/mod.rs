@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod reference;
 pub mod step_layout;
 
+use crate::model::rope::StepRotary;
 use candle_core::{DType, Result, Tensor};
 
 /// Element type of the K/V cache, on either device.
@@ -166,10 +167,45 @@ pub trait PagedAttention: Send {
         batch: &AttentionBatch,
     ) -> Result<Tensor>;
 
+    /// One layer from the q/k/v projections, `[tokens, heads * head_dim]` rows (views into one
+    /// stacked matmul output are fine): the rotary embedding with the step's tables, the K/V write
+    /// and the attention, returning what [`forward`](Self::forward) returns. The default rotates with
+    /// candle ops and calls `forward`; a device backend fuses the rotation into its K/V write.
+    fn forward_rotary(
+        &mut self,
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        rotary: &StepRotary,
+        batch: &AttentionBatch,
+    ) -> Result<Tensor> {
+        rotate_then_attend(self, layer, (q, k, v), rotary, batch)
+    }
+
     /// Copies whole blocks in every layer (copy-on-write when sequences sharing a block diverge).
     fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<()>;
 
     /// The K and V stored in one block of one layer, `[block_size, num_kv_heads, head_dim]` each, as f32.
     /// For tests and debugging; not on the hot path.
     fn read_block(&self, layer: usize, block: BlockId) -> Result<(Vec<f32>, Vec<f32>)>;
+}
+
+/// [`PagedAttention::forward_rotary`] without fusion: rotates q and k with candle ops, then
+/// [`PagedAttention::forward`].
+pub fn rotate_then_attend<A: PagedAttention + ?Sized>(
+    attention: &mut A,
+    layer: usize,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    rotary: &StepRotary,
+    batch: &AttentionBatch,
+) -> Result<Tensor> {
+    let (n, d) = (q.dim(0)?, attention.cache_shape().head_dim);
+    let (heads, kv_heads) = (q.dim(1)? / d, k.dim(1)? / d);
+    let q = rotary
+        .apply(&q.reshape((1, n, heads, d))?)?
+        .reshape((n, heads, d))?;
+    let k = rotary
+        .apply(&k.reshape((1, n, kv_heads, d))?)?
+        .reshape((n, kv_heads, d))?;
+    let v = v.contiguous()?.reshape((n, kv_heads, d))?;
+    attention.forward(layer, &q, &k, &v, batch)
 }

@@ -5,13 +5,40 @@
 use super::{AttentionBatch, CacheShape};
 use candle_core::Result;
 
-/// Positions one CUDA attention block covers (kernels/paged_attention.cu `RMR1_PARTITION`); a context
-/// of `c` positions is split into `c / PARTITION` (rounded up) partial results merged by a reduce.
+/// Most positions one CUDA attention block covers (kernels/paged_attention.cu `RMR1_PARTITION`); a
+/// context of `c` positions is split into `c / partition` (rounded up) partial results merged by a
+/// reduce, with the partition chosen per step by [`choose_partition`].
 pub const CUDA_PARTITION: usize = 512;
+/// The smallest partition [`choose_partition`] picks: below it a block's 128 threads idle.
+pub const MIN_PARTITION: usize = 64;
+/// The most blocks [`choose_partition`] aims a launch at (twice the multiprocessors of any GPU rmr1
+/// targets; an H100 / H200 has 132, so it aims at 264).
+pub const MAX_TARGET_BLOCKS: usize = 1024;
+
+/// Positions per attention block for a step: 512, halved (to at least 64) while the launch of
+/// `tokens × kv_heads × partitions` blocks would leave the GPU's `target_blocks` unfilled. A decode
+/// of one sequence on the 7B (4 kv heads) at 2k context gets 128 blocks of 64 positions instead of
+/// 16 of 512; a busy step keeps 512 and writes no more partial results than it needs.
+pub fn choose_partition(
+    tokens: usize,
+    kv_heads: usize,
+    max_context: usize,
+    target_blocks: usize,
+) -> usize {
+    let blocks = |partition: usize| tokens * kv_heads * max_context.div_ceil(partition);
+    let target = target_blocks.min(MAX_TARGET_BLOCKS);
+    let mut partition = CUDA_PARTITION;
+    while partition > MIN_PARTITION && blocks(partition) < target {
+        partition /= 2;
+    }
+    partition
+}
 
 /// Upper bound on the device bytes one step's attention metadata and split-attention scratch take
 /// (what `CudaPagedAttention::prepare` allocates), for a step of `tokens` token rows from `seqs`
-/// sequences whose contexts reach `max_context` positions.
+/// sequences whose contexts reach `max_context` positions, at whatever partition
+/// [`choose_partition`] picks: a partition below 512 is only chosen while the launch has fewer than
+/// `MAX_TARGET_BLOCKS / 2` blocks at twice that partition, which bounds its partial results.
 pub fn step_device_bytes(
     tokens: usize,
     seqs: usize,
@@ -19,10 +46,11 @@ pub fn step_device_bytes(
     shape: &CacheShape,
     max_context: usize,
 ) -> usize {
-    let splits = max_context.div_ceil(CUDA_PARTITION).max(1);
+    let at_full_partition = tokens * max_context.div_ceil(CUDA_PARTITION).max(1);
+    let token_splits = at_full_partition.max(2 * MAX_TARGET_BLOCKS.div_ceil(shape.num_kv_heads));
     let blocks_per_seq = max_context.div_ceil(shape.block_size).max(1);
     // part_out (head_dim floats), part_max and part_sum (one float each) per token, head and split.
-    let partials = tokens * num_heads * splits * (shape.head_dim + 2) * 4;
+    let partials = token_splits * num_heads * (shape.head_dim + 2) * 4;
     // slot_mapping, token_seq, token_ctx per token; one block-table row per sequence.
     let metadata = (3 * tokens + seqs * blocks_per_seq) * 4;
     partials + metadata
@@ -149,8 +177,12 @@ mod tests {
             + 4 * n * heads * layout.num_splits * (shape.head_dim + 2);
         let budget = step_device_bytes(n, 3, heads, &shape, 1500);
         assert_eq!(layout.num_splits, 3);
-        // Exact for a step whose longest context is the budgeted one.
-        assert_eq!(allocated, budget);
+        // At the full partition, what the step allocates plus the allowance for small steps'
+        // narrower partitions (2 x 1024 / 2 kv heads token-splits).
+        assert_eq!(
+            budget - allocated,
+            (1024 - n * 3) * heads * (shape.head_dim + 2) * 4
+        );
         // A shorter step needs less than the budget at the longest context.
         let short = StepLayout::new(
             &AttentionBatch {
@@ -163,6 +195,33 @@ mod tests {
         .unwrap();
         assert_eq!(short.num_splits, 1);
         assert!(step_device_bytes(1, 1, heads, &shape, 1) < budget);
+    }
+
+    #[test]
+    fn small_decode_steps_get_partitions_that_fill_the_gpu() {
+        let target = 2 * 132; // an H100 / H200
+                              // One 7B sequence (4 kv heads) at 2k context: 16 blocks at 512 positions, 128 at 64.
+        assert_eq!(choose_partition(1, 4, 2000, target), 64);
+        // At 16k: 128 positions give 512 blocks.
+        assert_eq!(choose_partition(1, 4, 16_000, target), 128);
+        // 64 sequences decoding, or one 512-token prefill chunk: already enough blocks.
+        assert_eq!(choose_partition(64, 4, 2000, target), 512);
+        assert_eq!(choose_partition(512, 8, 600, target), 512);
+        // Whatever the partition, the partial results stay within step_device_bytes's bound.
+        for tokens in [1, 2, 3, 7, 16, 33, 64, 300] {
+            for kv_heads in [1, 2, 4, 8] {
+                for context in [1, 63, 64, 65, 511, 513, 2000, 16_000, 32_768] {
+                    let partition = choose_partition(tokens, kv_heads, context, MAX_TARGET_BLOCKS);
+                    let token_splits = tokens * context.div_ceil(partition);
+                    let bound = (tokens * context.div_ceil(CUDA_PARTITION))
+                        .max(2 * MAX_TARGET_BLOCKS.div_ceil(kv_heads));
+                    assert!(
+                        token_splits <= bound,
+                        "{tokens} tokens, {kv_heads} kv heads, context {context}: partition {partition}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

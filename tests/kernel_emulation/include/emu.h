@@ -58,6 +58,11 @@
 struct uint3 {
   unsigned x = 0, y = 0, z = 0;
 };
+// The 16-byte vector type kernels load through (run.sh builds with -fno-strict-aliasing, as reading
+// one through a pointer to other elements is what CUDA code does).
+struct alignas(16) uint4 {
+  unsigned x = 0, y = 0, z = 0, w = 0;
+};
 struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
