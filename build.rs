@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// supports (nvcc 13.0's PTX needs a CUDA 13.0 driver, 580+; on an older one every kernel load fails
 /// with CUDA_ERROR_UNSUPPORTED_PTX_VERSION). `RMR1_MIN_DRIVER_CUDA` (e.g. `12.8`) names the oldest
 /// driver a build must run on and fails the build when nvcc is newer; the binary also checks the
-/// driver it meets before loading a kernel (`src/cuda.rs`).
+/// driver it meets before loading a kernel (`src/cuda/mod.rs`).
 ///
 /// Each PTX is then assembled by `ptxas -v` for the same architecture, and the build fails when a
 /// kernel has no `__launch_bounds__`, needs more registers than its launch size allows or more than

@@ -152,7 +152,7 @@ fn build_on_gpu(
     config: &EngineConfig,
     mut shape: CacheShape,
 ) -> Result<(Box<dyn PagedAttention>, CachePlan)> {
-    use crate::model::attention::cuda::CudaPagedAttention;
+    use crate::cuda::attention::CudaPagedAttention;
     ensure!(
         config.gpu_memory_fraction > 0.0 && config.gpu_memory_fraction <= 1.0,
         "--gpu-memory-fraction must be in (0, 1], got {}",

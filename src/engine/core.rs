@@ -8,6 +8,7 @@ use super::request::{ClientId, EngineEvent, FinishReason, GenerateRequest};
 use super::scheduler::{Schedule, Scheduler, SchedulerConfig};
 use super::sequence::{Progress, Sequence};
 use super::stats::EngineStats;
+use super::token_sampler::{self, Draw, TokenSampler};
 use crate::model::{AttentionBatch, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -77,6 +78,7 @@ pub struct EngineCore {
     pending_forks: HashMap<SeqId, Vec<PendingFork>>,
     model: Qwen2,
     attention: Box<dyn PagedAttention>,
+    sampler: Box<dyn TokenSampler>,
     tokenizer: Arc<Tokenizer>,
     eos_ids: Vec<u32>,
     scheduler: Scheduler,
@@ -117,6 +119,7 @@ impl EngineCore {
             );
         }
         Ok(Self {
+            sampler: token_sampler::for_device(model.device()),
             model,
             attention,
             tokenizer,
@@ -418,79 +421,39 @@ impl EngineCore {
         logits: &Tensor,
         samplers: &[(SeqId, usize)],
     ) -> Result<Vec<Progress>> {
-        #[cfg(feature = "cuda")]
-        if logits.device().is_cuda() {
-            return self.choose_tokens_on_device(logits, samplers);
-        }
-        let rows = logits.to_vec2::<f32>()?;
-        Ok(samplers
+        let draws: Vec<Draw> = samplers
             .iter()
             .map(|&(id, row)| {
                 let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
-                seq.accept_logits(&rows[row], &self.tokenizer, self.max_model_len)
-            })
-            .collect())
-    }
-
-    /// The device path: the kernel picks tokens; only the logits that log-probabilities need come back.
-    #[cfg(feature = "cuda")]
-    fn choose_tokens_on_device(
-        &mut self,
-        logits: &Tensor,
-        samplers: &[(SeqId, usize)],
-    ) -> Result<Vec<Progress>> {
-        use super::device_sampler::{self, SampleRequest};
-        let requests: Vec<SampleRequest> = samplers
-            .iter()
-            .map(|&(id, row)| {
-                let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
-                SampleRequest {
-                    row: row as u32,
+                Draw {
+                    row,
                     temperature: seq.params.temperature,
-                    top_k: seq.params.top_k.min(u32::MAX as usize) as u32,
+                    top_k: seq.params.top_k,
                     top_p: seq.params.top_p,
                     uniform: seq.draw_uniform(),
+                    logprob_tokens: if seq.wants_logprobs() {
+                        seq.probed_tokens()
+                    } else {
+                        Vec::new()
+                    },
+                    logprob_of_draw: seq.params.logprobs,
                 }
             })
             .collect();
-        let results = device_sampler::sample(logits, &requests)?;
-        // One gather for every logit a log-probability needs: probed tokens and, where asked, the
-        // sampled token.
-        let mut picks = Vec::new();
-        let mut spans = Vec::with_capacity(samplers.len());
-        for (&(id, row), result) in samplers.iter().zip(&results) {
-            let seq = &self.seqs[&id];
-            let start = picks.len();
-            if seq.wants_logprobs() {
-                let mut tokens = seq.probed_tokens();
-                tokens.push(result.token);
-                picks.extend(tokens.into_iter().map(|t| (row as u32, t)));
-            }
-            spans.push(start..picks.len());
-        }
-        let values = device_sampler::gather(logits, &picks)?;
-        let mut progress = Vec::with_capacity(samplers.len());
-        for ((&(id, _), result), span) in samplers.iter().zip(&results).zip(spans) {
-            let known: Vec<(u32, f32)> = picks[span.clone()]
-                .iter()
-                .zip(&values[span])
-                .map(|(&(_, t), &l)| (t, result.logprob(l)))
-                .collect();
-            let logprob = |t: u32| {
-                known
-                    .iter()
-                    .find(|&&(k, _)| k == t)
-                    .map_or(f32::NAN, |&(_, lp)| lp)
-            };
-            let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
-            progress.push(seq.accept_token(
-                result.token,
-                &logprob,
-                &self.tokenizer,
-                self.max_model_len,
-            ));
-        }
-        Ok(progress)
+        let drawn = self.sampler.sample(logits, &draws)?;
+        Ok(samplers
+            .iter()
+            .zip(drawn)
+            .map(|(&(id, _), drawn)| {
+                let seq = self.seqs.get_mut(&id).expect("sampling sequence exists");
+                seq.accept_token(
+                    drawn.token,
+                    &|t| drawn.logprob(t),
+                    &self.tokenizer,
+                    self.max_model_len,
+                )
+            })
+            .collect())
     }
 
     fn build_batch(&self, schedule: &Schedule) -> ForwardBatch {

@@ -6,8 +6,6 @@ pub mod block_pool;
 pub mod cache_plan;
 pub mod core;
 pub mod detokenizer;
-#[cfg(feature = "cuda")]
-pub mod device_sampler;
 pub mod fair_queue;
 pub mod fault;
 pub mod handle;
@@ -17,6 +15,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stats;
 pub mod step_limits;
+pub mod token_sampler;
 
 pub use self::core::{EngineConfig, EngineCore};
 pub use fault::EngineFault;

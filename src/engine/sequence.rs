@@ -6,7 +6,7 @@ use super::request::{
     ClientId, EngineEvent, FinishReason, Finished, GenerateRequest, ProbeResult, ProbeTrigger,
     SamplingParams, Timings, TokenEvent, Usage,
 };
-use super::sampler::{self, LogSoftmax};
+use super::sampler;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::time::Instant;
@@ -103,22 +103,6 @@ impl Sequence {
         self.events.is_closed()
     }
 
-    /// Picks the next token from its logits row, reports it, and says whether generation is over.
-    pub fn accept_logits(
-        &mut self,
-        logits: &[f32],
-        tokenizer: &Tokenizer,
-        max_model_len: usize,
-    ) -> Progress {
-        let norm = self.wants_logprobs().then(|| LogSoftmax::new(logits));
-        let token = sampler::sample(logits, &self.params, &mut self.rng);
-        let logprob = |t: u32| match &norm {
-            Some(norm) => norm.logprob(logits, t),
-            None => f32::NAN,
-        };
-        self.accept_token(token, &logprob, tokenizer, max_model_len)
-    }
-
     /// The uniform draw for this step's token, taken from the request's own RNG exactly as the CPU
     /// sampler would take it (none for greedy requests). The device sampler uses it.
     pub fn draw_uniform(&mut self) -> f32 {
@@ -141,8 +125,8 @@ impl Sequence {
         self.params.logprobs || !self.params.probes.is_empty()
     }
 
-    /// Reports a token chosen elsewhere (the device sampler); `logprob` answers for the sampled token
-    /// and for [`Self::probed_tokens`].
+    /// Reports the token the step's sampler drew; `logprob` answers for the drawn token and for
+    /// [`Self::probed_tokens`].
     pub fn accept_token(
         &mut self,
         token: u32,

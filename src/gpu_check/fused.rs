@@ -5,7 +5,7 @@
 
 use super::kernels::normal;
 use super::{compare, CheckResult};
-use crate::model::attention::cuda::CudaPagedAttention;
+use crate::cuda::attention::CudaPagedAttention;
 use crate::model::attention::reference::ReferencePagedAttention;
 use crate::model::attention::rotate_then_attend;
 use crate::model::config::Qwen2Config;

@@ -3,10 +3,10 @@
 //! against the check that caused it.
 
 use super::{compare, CheckResult};
-use crate::engine::device_sampler::{self, SampleRequest};
+use crate::cuda::attention::CudaPagedAttention;
+use crate::cuda::sampler::{self as device_sampler, SampleRequest};
 use crate::engine::request::SamplingParams;
 use crate::engine::sampler;
-use crate::model::attention::cuda::CudaPagedAttention;
 use crate::model::attention::reference::ReferencePagedAttention;
 use crate::model::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 use anyhow::Result;

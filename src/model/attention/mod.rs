@@ -8,8 +8,6 @@
 
 pub mod cpu;
 mod cpu_tile;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod reference;
 pub mod step_layout;
 

@@ -7,9 +7,11 @@
 //! attention partition is chosen there too, so small decode batches still fill the GPU. Each layer
 //! launches the specialised attention kernel for the model's head size and grouping when there is one.
 
-use super::step_layout::{choose_partition, StepLayout};
-use super::{rotate_then_attend, AttentionBatch, BlockId, CacheShape, PagedAttention};
 use crate::cuda::{self, launch_config, FUSED, PAGED_ATTENTION};
+use crate::model::attention::step_layout::{choose_partition, StepLayout};
+use crate::model::attention::{
+    rotate_then_attend, AttentionBatch, BlockId, CacheShape, PagedAttention,
+};
 use crate::model::rope::StepRotary;
 use candle_core::cuda_backend::cudarc::driver::{
     sys, CudaSlice, CudaView, DeviceRepr, PushKernelArg,

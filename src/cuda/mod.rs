@@ -1,8 +1,20 @@
-//! CUDA plumbing shared by rmr1's own kernels (built with the `cuda` feature): the PTX that build.rs
-//! compiles from kernels/*.cu, function lookup, and views of candle tensors' device memory.
+//! Everything CUDA in rmr1 lives here and in `kernels/*.cu` (compiled to PTX by build.rs, checked by
+//! ptxas, emulated on the CPU by tests/kernel_emulation):
+//! - this file: the plumbing shared by rmr1's own kernels (PTX modules, function lookup, views of
+//!   candle tensors' device memory, the driver check, the memory pool, launch/upload counters);
+//! - [`attention`]: the paged-attention backend (`PagedAttention`) over kernels/paged_attention.cu,
+//!   with the fused RoPE + K/V write of kernels/fused.cu;
+//! - [`sampler`]: the `TokenSampler` over kernels/sampling.cu;
+//! - [`fused`]: launchers for the layer's other fused steps (kernels/fused.cu).
+//!
+//! `crate::gpu_check` holds the checks that need a GPU to run.
 //!
 //! Kernels launch on the candle device's stream, so they are ordered with candle's own ops and need
 //! no extra synchronisation.
+
+pub mod attention;
+pub mod fused;
+pub mod sampler;
 
 use candle_core::backend::BackendDevice;
 use candle_core::cuda_backend::cudarc::driver::sys;

@@ -1,9 +1,10 @@
 //! Token selection on the GPU (kernels/sampling.cu). Only a token id and the row's log-softmax
 //! normaliser come back per sample (plus any logits a log-probability needs), never the 152k-entry
-//! rows; the rule is the CPU sampler's ([`super::sampler::sample_with_uniform`]), with the uniform draw
+//! rows; the rule is the CPU sampler's ([`crate::engine::sampler::sample_with_uniform`]), with the uniform draw
 //! made on the host from the request's own seeded RNG.
 
 use crate::cuda::{self, launch_config, SAMPLING};
+use crate::engine::token_sampler::{Draw, Drawn, TokenSampler};
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, DType, Result, Tensor};
@@ -36,6 +37,50 @@ pub struct SampleResult {
 impl SampleResult {
     pub fn logprob(&self, logit: f32) -> f32 {
         logit - self.max - self.log_sum
+    }
+}
+
+/// The [`TokenSampler`] for CUDA devices: the kernel picks the tokens; only the logits that
+/// log-probabilities need come back (one gather for the whole step).
+pub struct DeviceSampler;
+
+impl TokenSampler for DeviceSampler {
+    fn sample(&mut self, logits: &Tensor, draws: &[Draw]) -> Result<Vec<Drawn>> {
+        let requests: Vec<SampleRequest> = draws
+            .iter()
+            .map(|d| SampleRequest {
+                row: d.row as u32,
+                temperature: d.temperature,
+                top_k: d.top_k.min(u32::MAX as usize) as u32,
+                top_p: d.top_p,
+                uniform: d.uniform,
+            })
+            .collect();
+        let results = sample(logits, &requests)?;
+        let mut picks = Vec::new();
+        let mut spans = Vec::with_capacity(draws.len());
+        for (draw, result) in draws.iter().zip(&results) {
+            let start = picks.len();
+            picks.extend(
+                draw.wanted(result.token)
+                    .into_iter()
+                    .map(|t| (draw.row as u32, t)),
+            );
+            spans.push(start..picks.len());
+        }
+        let values = gather(logits, &picks)?;
+        Ok(results
+            .iter()
+            .zip(spans)
+            .map(|(result, span)| Drawn {
+                token: result.token,
+                logprobs: picks[span.clone()]
+                    .iter()
+                    .zip(&values[span])
+                    .map(|(&(_, t), &logit)| (t, result.logprob(logit)))
+                    .collect(),
+            })
+            .collect())
     }
 }
 
