@@ -143,9 +143,14 @@ impl CudaPagedAttention {
 
     /// This layer's K and V pools, as raw bytes.
     fn layer_caches(&self, layer: usize) -> (CudaView<'_, u8>, CudaView<'_, u8>) {
-        let layer_bytes = self.layer_bytes();
-        let range = layer * layer_bytes..(layer + 1) * layer_bytes;
+        let range = self.layer_range(layer);
         (self.k_cache.slice(range.clone()), self.v_cache.slice(range))
+    }
+
+    /// Bytes of `layer` in each of the K and V allocations.
+    fn layer_range(&self, layer: usize) -> Range<usize> {
+        let layer_bytes = self.layer_bytes();
+        layer * layer_bytes..(layer + 1) * layer_bytes
     }
 
     /// Writes the step's (rotated, contiguous) K and V rows into their slots of `layer`.
@@ -238,8 +243,8 @@ impl CudaPagedAttention {
         let sfx = suffix(self.dtype)?;
         let s = self.shape;
         let (heads, d) = (self.num_heads, s.head_dim);
-        let layer_bytes = self.layer_bytes();
-        let layer_range = layer * layer_bytes..(layer + 1) * layer_bytes;
+        // Field by field rather than `layer_caches`: `step` is borrowed mutably below.
+        let layer_range = self.layer_range(layer);
         let k_layer = self.k_cache.slice(layer_range.clone());
         let v_layer = self.v_cache.slice(layer_range);
         let Some(step) = self.step.as_mut() else {
@@ -326,15 +331,9 @@ impl PagedAttention for CudaPagedAttention {
     fn prepare(&mut self, batch: &AttentionBatch) -> Result<()> {
         let s = self.shape;
         let n = batch.num_tokens();
-        let max_context = batch
-            .sequences
-            .iter()
-            .map(|span| span.context_len)
-            .max()
-            .unwrap_or(1);
-        let partition = choose_partition(n, s.num_kv_heads, max_context, self.target_blocks);
-        let layout = StepLayout::new(batch, &s, partition)?;
-        let num_splits = layout.num_splits;
+        let layout = StepLayout::new(batch, &s)?;
+        let partition = choose_partition(n, s.num_kv_heads, layout.max_context, self.target_blocks);
+        let num_splits = layout.num_splits(partition);
         // With one partition the kernel writes the output directly and never touches the scratch.
         let partial = if num_splits > 1 {
             n * self.num_heads
@@ -429,31 +428,31 @@ impl PagedAttention for CudaPagedAttention {
         let s = self.shape;
         let n = batch.num_tokens();
         let (q_width, kv_width) = (self.num_heads * s.head_dim, s.slot_width());
-        let strides = (
+        // The fused kernel takes the projections as they come when they already are in the cache's
+        // dtype (a dense model's); otherwise (GGUF computes in f32) rotate, convert and write apart.
+        let shapes_fit = [q, k, v].iter().all(|t| t.dtype() == self.dtype)
+            && q.dims() == [n, q_width]
+            && k.dims() == [n, kv_width]
+            && v.dims() == [n, kv_width];
+        let rows = (
             cuda::row_stride(q),
             cuda::row_stride(k),
             cuda::row_stride(v),
         );
-        // The fused kernel takes the projections as they come when they already are in the cache's
-        // dtype (a dense model's); otherwise (GGUF computes in f32) rotate, convert and write apart.
-        let fusable = [q, k, v].iter().all(|t| t.dtype() == self.dtype)
-            && q.dims() == [n, q_width]
-            && k.dims() == [n, kv_width]
-            && v.dims() == [n, kv_width]
-            && strides.1 == strides.2;
-        let (Some(q_stride), Some(kv_stride), Some(_)) = strides else {
-            return rotate_then_attend(self, layer, (q, k, v), rotary, batch);
+        let strides = match rows {
+            (Some(q_stride), Some(k_stride), Some(v_stride))
+                if shapes_fit && k_stride == v_stride =>
+            {
+                (q_stride, k_stride)
+            }
+            _ => return rotate_then_attend(self, layer, (q, k, v), rotary, batch),
         };
-        if !fusable {
-            return rotate_then_attend(self, layer, (q, k, v), rotary, batch);
-        }
         if self.step.as_ref().map(|m| m.num_tokens) != Some(n) {
             bail!("CudaPagedAttention::forward_rotary for a batch that was not prepared");
         }
         if layer >= s.num_layers {
             bail!("layer {layer} of a {}-layer cache", s.num_layers);
         }
-        let strides = (q_stride, kv_stride);
         match self.dtype {
             DType::BF16 => {
                 let q = self.rotate_and_write::<bf16>(layer, (q, k, v), strides, rotary)?;

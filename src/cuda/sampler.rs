@@ -12,20 +12,6 @@ use candle_core::{bail, DType, Result, Tensor};
 /// Threads per sample (one CUDA block per sample).
 const THREADS: u32 = 1024;
 
-/// One draw from one logits row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleRequest {
-    pub row: u32,
-    /// <= 0: greedy.
-    pub temperature: f32,
-    /// 0: no top-k cut.
-    pub top_k: u32,
-    /// 1.0: no nucleus cut.
-    pub top_p: f32,
-    /// In [0, 1); unused by greedy requests.
-    pub uniform: f32,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleResult {
     pub token: u32,
@@ -46,17 +32,7 @@ pub struct DeviceSampler;
 
 impl TokenSampler for DeviceSampler {
     fn sample(&mut self, logits: &Tensor, draws: &[Draw]) -> Result<Vec<Drawn>> {
-        let requests: Vec<SampleRequest> = draws
-            .iter()
-            .map(|d| SampleRequest {
-                row: d.row as u32,
-                temperature: d.temperature,
-                top_k: d.top_k.min(u32::MAX as usize) as u32,
-                top_p: d.top_p,
-                uniform: d.uniform,
-            })
-            .collect();
-        let results = sample(logits, &requests)?;
+        let results = sample(logits, draws)?;
         let mut picks = Vec::new();
         let mut spans = Vec::with_capacity(draws.len());
         for (draw, result) in draws.iter().zip(&results) {
@@ -84,9 +60,10 @@ impl TokenSampler for DeviceSampler {
     }
 }
 
-/// Runs every request against `logits` (`[rows, vocab]` f32 on a CUDA device).
-pub fn sample(logits: &Tensor, requests: &[SampleRequest]) -> Result<Vec<SampleResult>> {
-    if requests.is_empty() {
+/// Runs every draw against `logits` (`[rows, vocab]` f32 on a CUDA device): the token and the row's
+/// log-softmax normaliser.
+pub fn sample(logits: &Tensor, draws: &[Draw]) -> Result<Vec<SampleResult>> {
+    if draws.is_empty() {
         return Ok(Vec::new());
     }
     let (rows, vocab) = logits.dims2()?;
@@ -96,19 +73,19 @@ pub fn sample(logits: &Tensor, requests: &[SampleRequest]) -> Result<Vec<SampleR
             logits.dtype()
         );
     }
-    if let Some(r) = requests.iter().find(|r| r.row as usize >= rows) {
-        bail!("sample request for row {} of {rows}", r.row);
+    if let Some(d) = draws.iter().find(|d| d.row >= rows) {
+        bail!("draw from row {} of {rows}", d.row);
     }
     let dev = cuda::cuda_device(logits.device())?;
-    let n = requests.len();
-    // One upload for the step's requests and one download for its results: five columns of 32-bit
+    let n = draws.len();
+    // One upload for the step's draws and one download for its results: five columns of 32-bit
     // words in, three out. The kernel reads each column through its own typed pointer.
     let mut packed: Vec<u32> = Vec::with_capacity(5 * n);
-    packed.extend(requests.iter().map(|r| r.row));
-    packed.extend(requests.iter().map(|r| r.temperature.to_bits()));
-    packed.extend(requests.iter().map(|r| r.top_k));
-    packed.extend(requests.iter().map(|r| r.top_p.to_bits()));
-    packed.extend(requests.iter().map(|r| r.uniform.to_bits()));
+    packed.extend(draws.iter().map(|d| d.row as u32));
+    packed.extend(draws.iter().map(|d| d.temperature.to_bits()));
+    packed.extend(draws.iter().map(|d| d.top_k.min(u32::MAX as usize) as u32));
+    packed.extend(draws.iter().map(|d| d.top_p.to_bits()));
+    packed.extend(draws.iter().map(|d| d.uniform.to_bits()));
     let packed = cuda::upload(dev, &packed)?;
     let column = |i: usize| packed.slice(i * n..(i + 1) * n);
     let mut results = dev.alloc_zeros::<u32>(3 * n)?;

@@ -44,27 +44,18 @@ pub fn activation_reserve(
     c: &Qwen2Config,
     activation_dtype: DType,
     config: &EngineConfig,
-    max_model_len: usize,
-    block_size: usize,
 ) -> usize {
     let elem = activation_dtype.size_in_bytes();
     let tokens = config.max_num_batched_tokens;
     let widest = c.hidden_size * 4 + c.intermediate_size * 3 + c.kv_dim() * 2;
     let activations = tokens * widest * elem * 3;
     let logits = config.max_num_seqs.max(tokens.min(1024)) * c.vocab_size * (elem + 4) * 2;
-    let cache = CacheShape {
-        num_layers: c.num_hidden_layers,
-        num_blocks: 0,
-        block_size,
-        num_kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim(),
-    };
     let attention = step_device_bytes(
         tokens,
         config.max_num_seqs.min(tokens),
         c.num_attention_heads,
-        &cache,
-        max_model_len,
+        &unsized_cache(c, config),
+        max_model_len(c, config),
     );
     activations + logits + attention + CUBLAS_WORKSPACE
 }
@@ -110,15 +101,20 @@ pub fn gpu_num_blocks(
         / bytes_per_block
 }
 
-pub fn build(model: &Qwen2, config: &EngineConfig) -> Result<(Box<dyn PagedAttention>, CachePlan)> {
-    let cfg = model.config();
-    let mut shape = CacheShape {
-        num_layers: cfg.num_hidden_layers,
+/// The cache's shape for this model and block size, before its number of blocks is chosen.
+fn unsized_cache(c: &Qwen2Config, config: &EngineConfig) -> CacheShape {
+    CacheShape {
+        num_layers: c.num_hidden_layers,
         num_blocks: 0,
         block_size: config.block_size,
-        num_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim(),
-    };
+        num_kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim(),
+    }
+}
+
+pub fn build(model: &Qwen2, config: &EngineConfig) -> Result<(Box<dyn PagedAttention>, CachePlan)> {
+    let cfg = model.config();
+    let mut shape = unsized_cache(cfg, config);
     if model.device().is_cpu() {
         let kv_dtype = config
             .kv_cache_dtype
@@ -164,13 +160,7 @@ fn build_on_gpu(
         .kv_cache_dtype
         .unwrap_or_else(|| default_kv_dtype(model.weight_format(), false));
     let bytes_per_token = CudaPagedAttention::bytes_per_token(&shape, kv_dtype.dtype());
-    let reserve = activation_reserve(
-        model.config(),
-        model.dtype(),
-        config,
-        max_model_len(model.config(), config),
-        config.block_size,
-    );
+    let reserve = activation_reserve(model.config(), model.dtype(), config);
     let used = total - free;
     shape.num_blocks = config.num_blocks.unwrap_or_else(|| {
         gpu_num_blocks(
@@ -249,7 +239,7 @@ mod tests {
     fn the_reserve_covers_every_per_step_buffer_of_the_7b_at_32k() {
         let c = qwen25_7b();
         let config = gpu_defaults();
-        let reserve = activation_reserve(&c, DType::BF16, &config, 32_768, 16);
+        let reserve = activation_reserve(&c, DType::BF16, &config);
         // Hand-computed worst cases of one 2,048-token step at 32k context:
         // split attention: 2048 tokens x 28 heads x 64 partitions x (128 + 2) floats;
         let partials: usize = 2048 * 28 * 64 * 130 * 4;
@@ -265,7 +255,14 @@ mod tests {
         );
         // Only the attention's share grows with the context: 64 partitions instead of 8, and
         // 2,048 instead of 256 block-table entries for each of 256 sequences.
-        let short = activation_reserve(&c, DType::BF16, &config, 4096, 16);
+        let short = activation_reserve(
+            &c,
+            DType::BF16,
+            &EngineConfig {
+                max_model_len: Some(4096),
+                ..gpu_defaults()
+            },
+        );
         let grown = 2048 * 28 * (64 - 8) * 130 * 4 + 256 * (2048 - 256) * 4;
         assert_eq!(reserve - short, grown);
     }
@@ -276,7 +273,7 @@ mod tests {
         let config = gpu_defaults();
         let total: usize = 79_647 << 20; // what an 80 GB H100 reports
         let weights: usize = 15_231_233_024 + (600 << 20); // bf16 weights + CUDA context
-        let reserve = activation_reserve(&c, DType::BF16, &config, 32_768, 16);
+        let reserve = activation_reserve(&c, DType::BF16, &config);
         // 2 (K and V) x 28 layers x 4 kv heads x 128 dims x 2 bytes per token, 16 tokens a block.
         let bytes_per_block = 2 * 28 * 4 * 128 * 2 * 16;
         let blocks = gpu_num_blocks((total - weights, total), 0.9, reserve, bytes_per_block);

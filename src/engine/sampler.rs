@@ -1,8 +1,6 @@
 //! Token selection from one row of logits: greedy, temperature, top-k, top-p; and log-probabilities.
 
 use super::request::SamplingParams;
-use rand::rngs::StdRng;
-use rand::Rng;
 
 /// log-softmax normaliser of a logits row, computed once per step and shared by every log-prob query.
 pub struct LogSoftmax {
@@ -38,15 +36,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Picks a token; draws from `rng` only when the choice is random, so a greedy request consumes no
-/// randomness and the CPU and CUDA samplers see the same draws for the same seed.
-pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
-    if is_greedy(params) {
-        return argmax(logits);
-    }
-    sample_with_uniform(logits, params, rng.random::<f32>())
 }
 
 pub fn is_greedy(params: &SamplingParams) -> bool {
@@ -126,7 +115,8 @@ fn top_p_floor(logits: &[f32], floor: f32, top_p: f32, weight: impl Fn(f32) -> f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn logprobs_match_hand_computed_values() {
@@ -136,6 +126,11 @@ mod tests {
         assert!((ls.logprob(&logits, 2) as f64 - (3.0 - z)).abs() < 1e-6);
         assert!((ls.logprob(&logits, 0) as f64 - (1.0 - z)).abs() < 1e-6);
         assert_eq!(ls.logprob(&logits, 9), f32::NEG_INFINITY);
+    }
+
+    /// One draw the way the engine makes it: the request's RNG gives the uniform.
+    fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
+        sample_with_uniform(logits, params, rng.random())
     }
 
     #[test]

@@ -103,8 +103,9 @@ impl Sequence {
         self.events.is_closed()
     }
 
-    /// The uniform draw for this step's token, taken from the request's own RNG exactly as the CPU
-    /// sampler would take it (none for greedy requests). The device sampler uses it.
+    /// The uniform draw for this step's token from the request's own RNG, taken only when the choice
+    /// is random: a greedy request consumes no randomness, and a seed gives the same draws whichever
+    /// `TokenSampler` applies them.
     pub fn draw_uniform(&mut self) -> f32 {
         if sampler::is_greedy(&self.params) {
             0.0

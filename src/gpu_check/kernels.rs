@@ -4,9 +4,10 @@
 
 use super::{compare, CheckResult};
 use crate::cuda::attention::CudaPagedAttention;
-use crate::cuda::sampler::{self as device_sampler, SampleRequest};
+use crate::cuda::sampler as device_sampler;
 use crate::engine::request::SamplingParams;
 use crate::engine::sampler;
+use crate::engine::token_sampler::Draw;
 use crate::model::attention::reference::ReferencePagedAttention;
 use crate::model::{AttentionBatch, BlockId, CacheShape, PagedAttention, SequenceSpan};
 use anyhow::Result;
@@ -302,15 +303,17 @@ fn sampling(device: &Device, rng: &mut StdRng) -> Result<Vec<CheckResult>> {
         logits.extend(values);
     }
     let uniforms: Vec<f32> = (0..rows).map(|_| rng.random::<f32>()).collect();
-    let requests: Vec<SampleRequest> = (0..rows)
+    let requests: Vec<Draw> = (0..rows)
         .map(|row| {
             let p = &cases[row % cases.len()];
-            SampleRequest {
-                row: row as u32,
+            Draw {
+                row,
                 temperature: p.temperature,
-                top_k: p.top_k as u32,
+                top_k: p.top_k,
                 top_p: p.top_p,
                 uniform: uniforms[row],
+                logprob_tokens: Vec::new(),
+                logprob_of_draw: false,
             }
         })
         .collect();

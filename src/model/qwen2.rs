@@ -359,7 +359,10 @@ impl Qwen2 {
         let mut x = self.embed_tokens.embedding(&tokens)?.to_dtype(self.dtype)?;
         // The residual stream and its normalised copy for the next projection: each residual add
         // and the norm after it are one fused step on a GPU.
-        let mut h = candle_nn::ops::rms_norm(&x, &self.layers[0].input_norm, eps)?;
+        let mut h = match self.layers.first() {
+            Some(first) => candle_nn::ops::rms_norm(&x, &first.input_norm, eps)?,
+            None => x.clone(),
+        };
         for (idx, layer) in self.layers.iter().enumerate() {
             let qkv = layer.qkv.forward(&h)?;
             let attn = attention

@@ -66,12 +66,12 @@ pub struct StepLayout {
     /// a token only reads blocks below its context).
     pub block_tables: Vec<u32>,
     pub max_blocks_per_seq: usize,
-    /// Partitions of `partition` positions the longest context needs (at least 1).
-    pub num_splits: usize,
+    /// The longest context any token attends to (at least 1).
+    pub max_context: usize,
 }
 
 impl StepLayout {
-    pub fn new(batch: &AttentionBatch, shape: &CacheShape, partition: usize) -> Result<Self> {
+    pub fn new(batch: &AttentionBatch, shape: &CacheShape) -> Result<Self> {
         batch.validate(shape)?;
         let n = batch.num_tokens();
         let max_blocks = batch
@@ -93,14 +93,19 @@ impl StepLayout {
                 token_ctx[row] = (span.context_len - span.query_len + j + 1) as u32;
             }
         }
-        let max_ctx = token_ctx.iter().copied().max().unwrap_or(1) as usize;
+        let max_context = token_ctx.iter().copied().max().unwrap_or(1).max(1) as usize;
         Ok(Self {
             token_seq,
             token_ctx,
             block_tables,
             max_blocks_per_seq: max_blocks,
-            num_splits: max_ctx.div_ceil(partition).max(1),
+            max_context,
         })
+    }
+
+    /// Partitions of `partition` positions the longest context needs (at least 1).
+    pub fn num_splits(&self, partition: usize) -> usize {
+        self.max_context.div_ceil(partition)
     }
 }
 
@@ -140,13 +145,13 @@ mod tests {
             slot_mapping: vec![5 * 4 + 1, 2 * 4 + 2, 2 * 4 + 3, 7 * 4],
             sequences: vec![span(0, 1, 10, &[1, 4, 5]), span(1, 3, 5, &[2, 7])],
         };
-        let layout = StepLayout::new(&batch, &shape(), 4).unwrap();
+        let layout = StepLayout::new(&batch, &shape()).unwrap();
         assert_eq!(layout.token_seq, vec![0, 1, 1, 1]);
         assert_eq!(layout.token_ctx, vec![10, 3, 4, 5]);
         assert_eq!(layout.max_blocks_per_seq, 3);
         assert_eq!(layout.block_tables, vec![1, 4, 5, 2, 7, 0]);
         // Longest context 10 over partitions of 4 positions.
-        assert_eq!(layout.num_splits, 3);
+        assert_eq!(layout.num_splits(4), 3);
     }
 
     #[test]
@@ -169,14 +174,14 @@ mod tests {
                 span(2, 30, 30, &[94, 95]),
             ],
         };
-        let layout = StepLayout::new(&batch, &shape, CUDA_PARTITION).unwrap();
+        let layout = StepLayout::new(&batch, &shape).unwrap();
         let n = batch.num_tokens();
         // What CudaPagedAttention::prepare uploads and allocates for this layout.
         let allocated = 4 * (n + layout.token_seq.len() + layout.token_ctx.len())
             + 4 * layout.block_tables.len()
-            + 4 * n * heads * layout.num_splits * (shape.head_dim + 2);
+            + 4 * n * heads * layout.num_splits(CUDA_PARTITION) * (shape.head_dim + 2);
         let budget = step_device_bytes(n, 3, heads, &shape, 1500);
-        assert_eq!(layout.num_splits, 3);
+        assert_eq!(layout.num_splits(CUDA_PARTITION), 3);
         // At the full partition, what the step allocates plus the allowance for small steps'
         // narrower partitions (2 x 1024 / 2 kv heads token-splits).
         assert_eq!(
@@ -190,10 +195,9 @@ mod tests {
                 sequences: vec![span(0, 1, 1, &[94])],
             },
             &shape,
-            CUDA_PARTITION,
         )
         .unwrap();
-        assert_eq!(short.num_splits, 1);
+        assert_eq!(short.num_splits(CUDA_PARTITION), 1);
         assert!(step_device_bytes(1, 1, heads, &shape, 1) < budget);
     }
 
@@ -240,9 +244,7 @@ mod tests {
                 slot_mapping: slots,
                 sequences,
             };
-            let err = StepLayout::new(&batch, &shape(), 4)
-                .unwrap_err()
-                .to_string();
+            let err = StepLayout::new(&batch, &shape()).unwrap_err().to_string();
             assert!(err.contains(message), "{err:?} should mention {message:?}");
         }
     }
