@@ -14,7 +14,8 @@
 //
 // Two kernels compute this: `paged_attention_fast`, specialised at compile time for the served head
 // sizes (64, 128) and query heads per kv head, with 16-byte K/V loads and a group of threads per
-// position; and the generic `paged_attention` for every other shape (and f32 caches).
+// position; and the generic `paged_attention` for every other shape (and f32 caches). The reduce has
+// the same two forms (`paged_attention_reduce_fast` for the served head sizes).
 #include "common.cuh"
 
 #define RMR1_PARTITION 512
@@ -357,6 +358,39 @@ __device__ void paged_attention_reduce(const float* __restrict__ part_out, const
   }
 }
 
+// The reduce for the specialised head sizes: D threads, one per output element. Each partition's weight
+// sums[s] * exp(maxes[s] - m) is computed once (the generic reduce recomputes it for every element) into
+// shared memory, D partitions at a time, and consecutive threads read consecutive partial outputs.
+template <typename T, int D>
+__device__ void paged_attention_reduce_fast(const float* __restrict__ part_out, const float* __restrict__ part_max,
+                                            const float* __restrict__ part_sum, T* __restrict__ out,
+                                            uint32_t num_heads, uint32_t num_splits) {
+  __shared__ float weights[D];
+  __shared__ float scratch[D / RMR1_WARP];
+  const size_t head = (size_t)blockIdx.x * num_heads + blockIdx.y;
+  const float* maxes = part_max + head * num_splits;
+  const float* sums = part_sum + head * num_splits;
+  float m = -INFINITY;
+  for (uint32_t s = threadIdx.x; s < num_splits; s += D) m = fmaxf(m, maxes[s]);
+  m = block_max(m, scratch);
+  const float* part = part_out + head * num_splits * D + threadIdx.x;
+  float total = 0.0f;
+  float acc = 0.0f;
+  for (uint32_t base = 0; base < num_splits; base += D) {
+    const uint32_t s = base + threadIdx.x;
+    // A partition past the context has max -inf and sum 0: weight 0.
+    const float w = s < num_splits ? sums[s] * expf(maxes[s] - m) : 0.0f;
+    weights[threadIdx.x] = w;
+    total += w;
+    __syncthreads();
+    const uint32_t chunk = num_splits - base < (uint32_t)D ? num_splits - base : (uint32_t)D;
+    for (uint32_t j = 0; j < chunk; ++j) acc += weights[j] * part[(size_t)(base + j) * D];
+    __syncthreads();
+  }
+  total = block_sum(total, scratch);
+  out[head * D + threadIdx.x] = from_f32<T>(acc / total);
+}
+
 // Fills a buffer with NaN (the all-ones bit pattern in every float format): the checks poison outputs
 // so that an element a kernel forgot to write cannot pass as a plausible value.
 extern "C" __global__ void __launch_bounds__(256) rmr1_fill_ones_u16(uint16_t* data, size_t len) {
@@ -413,6 +447,18 @@ RMR1_INSTANTIATE(float, f32)
   RMR1_FAST(T, SUFFIX, D, 6)                                                                                 \
   RMR1_FAST(T, SUFFIX, D, 7)                                                                                 \
   RMR1_FAST(T, SUFFIX, D, 8)
+// rmr1_paged_attention_reduce_fast_{dtype}_d{D}: the generic reduce's arguments minus head_dim, launched
+// with D threads.
+#define RMR1_REDUCE_FAST(T, SUFFIX, D)                                                                       \
+  extern "C" __global__ void __launch_bounds__(D) rmr1_paged_attention_reduce_fast_##SUFFIX##_d##D(          \
+      const float* part_out, const float* part_max, const float* part_sum, T* out, uint32_t num_heads,      \
+      uint32_t num_splits) {                                                                                 \
+    paged_attention_reduce_fast<T, D>(part_out, part_max, part_sum, out, num_heads, num_splits);             \
+  }
+RMR1_REDUCE_FAST(__nv_bfloat16, bf16, 64)
+RMR1_REDUCE_FAST(__nv_bfloat16, bf16, 128)
+RMR1_REDUCE_FAST(__half, f16, 64)
+RMR1_REDUCE_FAST(__half, f16, 128)
 RMR1_FAST_GROUPS(__nv_bfloat16, bf16, 64)
 RMR1_FAST_GROUPS(__nv_bfloat16, bf16, 128)
 RMR1_FAST_GROUPS(__half, f16, 64)

@@ -64,6 +64,9 @@ enum BenchCommand {
     /// One GRPO step's time split (weight hand-over, rollouts, old/reference log-probs, updates)
     /// for a small random model and LoRA on a real one, against the engine's prefill.
     Grpo(rmr1::bench::grpo::GrpoBenchArgs),
+    /// The engine thread's text work per generated token (decode, stop strings, probes): the token
+    /// byte table against decoding through the tokenizer, in the same run.
+    Detokenize(rmr1::bench::detokenize::DetokenizeBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,5 +109,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Throughput(args)) => rmr1::bench::throughput::run(args),
         Command::Bench(BenchCommand::Train(args)) => rmr1::bench::train::run(args),
         Command::Bench(BenchCommand::Grpo(args)) => rmr1::bench::grpo::run(args),
+        Command::Bench(BenchCommand::Detokenize(args)) => rmr1::bench::detokenize::run(args),
     }
 }

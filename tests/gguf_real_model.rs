@@ -1,11 +1,15 @@
 //! The real small model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF): greedy tokens from the engine
 //! against candle-transformers' `quantized_qwen2`, alone and batched; the GGUF-built tokenizer against
-//! the reference tokenizer.json; and llama.cpp's known answer to one chat prompt.
+//! the reference tokenizer.json; the engine's token byte table against the tokenizer's decode; and
+//! llama.cpp's known answer to one chat prompt.
 
 mod common;
 
 use candle_core::quantized::gguf_file;
-use rmr1::engine::{EngineConfig, EngineCore, EngineEvent, GenerateRequest, SamplingParams};
+use rmr1::engine::token_text::{TokenBytes, TokenText};
+use rmr1::engine::{
+    EngineConfig, EngineCore, EngineEvent, FinishReason, Finished, GenerateRequest, SamplingParams,
+};
 use rmr1::model::chat_template::ChatMessage;
 use rmr1::model::{self, LoadOptions, ModelTokenizer};
 use std::path::Path;
@@ -73,7 +77,9 @@ fn assert_same_greedy(ours: &[u32], reference: &[u32], gaps: &[f32], what: &str)
     }
 }
 
-fn run_engine(core: &mut EngineCore, requests: Vec<GenerateRequest>) -> Vec<Vec<u32>> {
+/// Runs `requests` to completion; each one's finish event, after checking that the text streamed in
+/// token events and the final delta is the finish event's whole text.
+fn run_engine(core: &mut EngineCore, requests: Vec<GenerateRequest>) -> Vec<Finished> {
     let mut rxs = Vec::new();
     for r in requests {
         let (tx, rx) = unbounded_channel();
@@ -85,15 +91,19 @@ fn run_engine(core: &mut EngineCore, requests: Vec<GenerateRequest>) -> Vec<Vec<
     }
     rxs.into_iter()
         .map(|mut rx| {
-            let mut out = None;
+            let mut streamed = String::new();
             while let Ok(ev) = rx.try_recv() {
                 match ev {
-                    EngineEvent::Finished(f) => out = Some(f.token_ids),
+                    EngineEvent::Finished(f) => {
+                        streamed.push_str(&f.final_delta);
+                        assert_eq!(streamed, f.text, "streamed text against the whole text");
+                        return f;
+                    }
                     EngineEvent::Error(e) => panic!("{e}"),
-                    EngineEvent::Token(_) => {}
+                    EngineEvent::Token(t) => streamed.push_str(&t.text),
                 }
             }
-            out.expect("finished")
+            panic!("no finish event")
         })
         .collect()
 }
@@ -137,8 +147,9 @@ fn greedy_tokens_match_candle_quantized_qwen2_alone_and_batched() {
         .collect();
     for (i, p) in prompts.iter().enumerate() {
         let ours = run_engine(&mut core, vec![greedy(p.clone())]).remove(0);
+        assert_eq!(ours.text, loaded.tokenizer.decode(&ours.token_ids).unwrap());
         assert_same_greedy(
-            &ours,
+            &ours.token_ids,
             &references[i].0,
             &references[i].1,
             &format!("prompt {i} alone"),
@@ -165,7 +176,7 @@ fn greedy_tokens_match_candle_quantized_qwen2_alone_and_batched() {
     let outs = run_engine(&mut core, batch);
     for i in 0..prompts.len() {
         assert_same_greedy(
-            &outs[i],
+            &outs[i].token_ids,
             &references[i].0,
             &references[i].1,
             &format!("prompt {i} batched"),
@@ -202,11 +213,25 @@ fn chat_answer_matches_llama_cpp() {
             sampling: SamplingParams::greedy(32),
         }],
     );
-    // llama.cpp's greedy answer on the same file (reference/engine.md); generation stops at EOS.
+    // llama.cpp's greedy answer on the same file (reference/engine.md); generation stops at EOS,
+    // which the engine's text leaves out.
     assert_eq!(
-        tokenizer.decode(&out[0]).unwrap(),
+        tokenizer.decode(&out[0].token_ids).unwrap(),
         "Paris is the capital of France.<|im_end|>"
     );
+    assert_eq!(out[0].text, "Paris is the capital of France.");
+    assert_eq!(out[0].reason, FinishReason::Stop);
+}
+
+/// The tokenizer built from the GGUF file's metadata, and the one read from tokenizer.json.
+fn both_tokenizers(dir: &Path) -> [ModelTokenizer; 2] {
+    let mut file = std::fs::File::open(dir.join("model.gguf")).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    [
+        ModelTokenizer::from_gguf(&content).unwrap(),
+        ModelTokenizer::from_gguf_with_tokenizer_file(&content, &dir.join("tokenizer.json"))
+            .unwrap(),
+    ]
 }
 
 #[test]
@@ -214,12 +239,7 @@ fn tokenizer_built_from_gguf_metadata_matches_tokenizer_json() {
     let Some(dir) = common::real_model_dir() else {
         return;
     };
-    let mut file = std::fs::File::open(dir.join("model.gguf")).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let from_meta = ModelTokenizer::from_gguf(&content).unwrap();
-    let from_json =
-        ModelTokenizer::from_gguf_with_tokenizer_file(&content, &dir.join("tokenizer.json"))
-            .unwrap();
+    let [from_meta, from_json] = both_tokenizers(&dir);
     for text in [
         "Hello, world!",
         "def f(x):\n    return x ** 2  # square\n",
@@ -241,4 +261,45 @@ fn tokenizer_built_from_gguf_metadata_matches_tokenizer_json() {
         rendered.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
         "{rendered:?}"
     );
+}
+
+/// The engine reads text from a table of each token's bytes (`engine::token_text`); on the real
+/// vocabulary that must decode exactly as the tokenizer does, for either way the tokenizer is built.
+#[test]
+fn token_byte_table_decodes_the_real_vocabulary_as_the_tokenizer_does() {
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
+    for tokenizer in both_tokenizers(&dir) {
+        let inner = tokenizer.inner();
+        let table = TokenBytes::for_tokenizer(inner).expect("Qwen2's decoder is byte-level");
+        assert!(table.num_ids() >= 151_643, "{} ids", table.num_ids());
+        assert!(matches!(
+            TokenText::new(Arc::new(inner.clone())),
+            TokenText::Bytes(_)
+        ));
+        // Random ids over the whole vocabulary, added tokens included: most sequences split
+        // characters and leave invalid UTF-8, which both must read the same lossy way.
+        let mut state = 0x0123_4567_89AB_CDEFu64;
+        for _ in 0..200 {
+            let ids: Vec<u32> = (0..64)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % table.num_ids() as u64) as u32
+                })
+                .collect();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| table.get(id).to_vec()).collect();
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                inner.decode(&ids, false).unwrap(),
+                "ids {ids:?}"
+            );
+        }
+        let text = "<|im_start|>user\nÜnïcödé — 中文 🙂 <answer>[[A]]</answer><|im_end|>\n";
+        let ids = tokenizer.encode(text).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| table.get(id).to_vec()).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), text);
+    }
 }

@@ -60,7 +60,8 @@ pub struct CudaPagedAttention {
 }
 
 /// Head sizes and query-heads-per-kv-head ratios with a specialised kernel
-/// (`rmr1_paged_attention_fast_*` in kernels/paged_attention.cu), for bf16 and f16 caches.
+/// (`rmr1_paged_attention_fast_*` and, by head size, `rmr1_paged_attention_reduce_fast_*` in
+/// kernels/paged_attention.cu), for bf16 and f16 caches.
 const FAST_HEAD_DIMS: [usize; 2] = [64, 128];
 const FAST_GROUPS: [usize; 7] = [1, 2, 4, 5, 6, 7, 8];
 
@@ -73,6 +74,19 @@ fn fast_kernel(dtype: DType, head_dim: usize, groups: usize) -> Option<String> {
     };
     (FAST_HEAD_DIMS.contains(&head_dim) && FAST_GROUPS.contains(&groups))
         .then(|| format!("rmr1_paged_attention_fast_{sfx}_d{head_dim}_g{groups}"))
+}
+
+/// The specialised reduce's name for this cache (`rmr1_paged_attention_reduce_fast_*`), whatever the
+/// group count: it only depends on the head size.
+fn fast_reduce_kernel(dtype: DType, head_dim: usize) -> Option<String> {
+    let sfx = match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => return None,
+    };
+    FAST_HEAD_DIMS
+        .contains(&head_dim)
+        .then(|| format!("rmr1_paged_attention_reduce_fast_{sfx}_d{head_dim}"))
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -304,10 +318,13 @@ impl CudaPagedAttention {
             Ok(())
         })?;
         if step.num_splits > 1 {
+            let fast_reduce = fast_reduce_kernel(self.dtype, d);
             let reduce = cuda::function(
                 &self.dev,
                 PAGED_ATTENTION,
-                &format!("rmr1_paged_attention_reduce_{sfx}"),
+                &fast_reduce
+                    .clone()
+                    .unwrap_or_else(|| format!("rmr1_paged_attention_reduce_{sfx}")),
             )?;
             let mut b = reduce.builder();
             b.arg(&step.part_out)
@@ -315,9 +332,19 @@ impl CudaPagedAttention {
                 .arg(&step.part_sum)
                 .arg(&mut out);
             let (h, dd, splits) = (heads as u32, d as u32, step.num_splits as u32);
-            b.arg(&h).arg(&dd).arg(&splits);
-            // Safety: the partial buffers were sized for this step in `prepare`.
-            unsafe { b.launch(launch_config((n as u32, heads as u32, 1), THREADS)) }.w()?;
+            b.arg(&h);
+            // The specialised reduce has the head size built in and one thread per element.
+            let threads = match fast_reduce {
+                Some(_) => d as u32,
+                None => {
+                    b.arg(&dd);
+                    THREADS
+                }
+            };
+            b.arg(&splits);
+            // Safety: the partial buffers were sized for this step in `prepare`; a specialised
+            // reduce is only picked for its own head size.
+            unsafe { b.launch(launch_config((n as u32, heads as u32, 1), threads)) }.w()?;
         }
         Ok(cuda::into_tensor(out, &self.dev, (n, heads * d)))
     }

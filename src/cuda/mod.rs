@@ -22,9 +22,11 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
     PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, Device, Result, Shape, Storage, Tensor};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -78,11 +80,35 @@ pub fn counters() -> (u64, u64) {
 }
 
 /// Loads `name` from `module` (the module is JIT-compiled for the card on first use, then cached).
+///
+/// Launchers call this for every launch, several times per layer. candle's lookup takes a lock and
+/// asks the driver for the function each time (`cuModuleGetFunction`), so the handles are kept per
+/// thread (the engine steps on one thread; no lock) by device, module and name.
 pub fn function(dev: &CudaDevice, module: Module, name: &str) -> Result<Kernel> {
-    driver_accepts_ptx()?;
-    let func = dev.get_or_load_custom_func(name, module.name, module.ptx)?;
+    type Handles = HashMap<(DeviceId, &'static str), HashMap<String, CudaFunction>>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
+    let key = (dev.id(), module.name);
+    let cached = HANDLES.with(|h| h.borrow().get(&key).and_then(|m| m.get(name)).cloned());
+    let func = match cached {
+        Some(func) => func,
+        None => {
+            driver_accepts_ptx()?;
+            let func = dev
+                .get_or_load_custom_func(name, module.name, module.ptx)?
+                .into_cuda_function();
+            HANDLES.with(|h| {
+                h.borrow_mut()
+                    .entry(key)
+                    .or_default()
+                    .insert(name.to_string(), func.clone())
+            });
+            func
+        }
+    };
     Ok(Kernel {
-        func: func.into_cuda_function(),
+        func,
         stream: dev.cuda_stream(),
     })
 }

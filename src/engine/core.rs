@@ -9,6 +9,7 @@ use super::scheduler::{Schedule, Scheduler, SchedulerConfig};
 use super::sequence::{Progress, Sequence};
 use super::stats::EngineStats;
 use super::token_sampler::{self, Draw, TokenSampler};
+use super::token_text::TokenText;
 use crate::model::{AttentionBatch, ForwardBatch, PagedAttention, Qwen2, SequenceSpan};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -79,7 +80,9 @@ pub struct EngineCore {
     model: Qwen2,
     attention: Box<dyn PagedAttention>,
     sampler: Box<dyn TokenSampler>,
-    tokenizer: Arc<Tokenizer>,
+    /// Turns each sequence's tokens into text on this thread (stop strings and text probes act on
+    /// the step they appear).
+    text: TokenText,
     eos_ids: Vec<u32>,
     scheduler: Scheduler,
     seqs: HashMap<SeqId, Sequence>,
@@ -122,7 +125,7 @@ impl EngineCore {
             sampler: token_sampler::for_device(model.device()),
             model,
             attention,
-            tokenizer,
+            text: TokenText::new(tokenizer),
             eos_ids,
             scheduler: Scheduler::new(
                 SchedulerConfig {
@@ -276,7 +279,7 @@ impl EngineCore {
         }
         self.scheduler.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
-            seq.finish(reason);
+            seq.finish(reason, &self.text);
             self.stats.record_finish(reason);
         }
     }
@@ -449,7 +452,7 @@ impl EngineCore {
                 seq.accept_token(
                     drawn.token,
                     &|t| drawn.logprob(t),
-                    &self.tokenizer,
+                    &self.text,
                     self.max_model_len,
                 )
             })

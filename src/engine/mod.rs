@@ -16,6 +16,7 @@ pub mod sequence;
 pub mod stats;
 pub mod step_limits;
 pub mod token_sampler;
+pub mod token_text;
 
 pub use self::core::{EngineConfig, EngineCore};
 pub use fault::EngineFault;

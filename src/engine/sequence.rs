@@ -7,10 +7,10 @@ use super::request::{
     SamplingParams, Timings, TokenEvent, Usage,
 };
 use super::sampler;
+use super::token_text::TokenText;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::time::Instant;
-use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub struct Sequence {
@@ -132,7 +132,7 @@ impl Sequence {
         &mut self,
         token: u32,
         logprob: &dyn Fn(u32) -> f32,
-        tokenizer: &Tokenizer,
+        text: &TokenText,
         max_model_len: usize,
     ) -> Progress {
         let step = self.num_generated();
@@ -150,7 +150,7 @@ impl Sequence {
         let pushed = if is_stop_id {
             Default::default()
         } else {
-            self.detokenizer.push(tokenizer, token)
+            self.detokenizer.push(text, token)
         };
         let _ = self.events.send(EngineEvent::Token(TokenEvent {
             token_id: token,
@@ -188,9 +188,9 @@ impl Sequence {
     }
 
     /// Sends the final event.
-    pub fn finish(&mut self, reason: FinishReason) {
+    pub fn finish(&mut self, reason: FinishReason, text: &TokenText) {
         // Text held back for a possible stop string turned out not to be one: it belongs to the output.
-        let final_delta = self.detokenizer.flush();
+        let final_delta = self.detokenizer.flush(text);
         let now = Instant::now();
         let timings = Timings {
             queue: self

@@ -48,6 +48,20 @@ RMR1_FAST_LOOKUP(__nv_bfloat16, bf16)
 RMR1_FAST_LOOKUP(__half, f16)
 inline FastAttention<float> fast_attention(float*, uint32_t, uint32_t) { return nullptr; }
 
+// The specialised reduce kernels by head size, for bf16 and f16 (the launcher's choice whenever the head
+// size has one, whatever the group count).
+template <class T>
+using FastReduce = void (*)(const float*, const float*, const float*, T*, uint32_t, uint32_t);
+#define RMR1_REDUCE_LOOKUP(T, SUFFIX)                                      \
+  inline FastReduce<T> fast_reduce(T*, uint32_t dim) {                     \
+    if (dim == 64) return rmr1_paged_attention_reduce_fast_##SUFFIX##_d64;   \
+    if (dim == 128) return rmr1_paged_attention_reduce_fast_##SUFFIX##_d128; \
+    return nullptr;                                                        \
+  }
+RMR1_REDUCE_LOOKUP(__nv_bfloat16, bf16)
+RMR1_REDUCE_LOOKUP(__half, f16)
+inline FastReduce<float> fast_reduce(float*, uint32_t) { return nullptr; }
+
 #include "fused_check.h"
 #include "sampling_check.h"
 
@@ -270,7 +284,11 @@ void check_attention(const AttnCase& c, Rng& rng) {
            tables.data(), seq_of.data(), ctx_of.data(), out.data(), po, pm, ps, c.heads, c.kv_heads, D, bs,
            max_blocks, c.partition, scale);
   }
-  if (splits > 1) {
+  const FastReduce<T> fast_merge = c.generic ? nullptr : fast_reduce(static_cast<T*>(nullptr), D);
+  if (splits > 1 && fast_merge) {
+    launch(fast_merge, dim3(tokens, c.heads), dim3(D), part_out.data(), part_max.data(), part_sum.data(), out.data(),
+           c.heads, splits);
+  } else if (splits > 1) {
     launch(Kernels<T>::reduce, dim3(tokens, c.heads), dim3(128), part_out.data(), part_max.data(), part_sum.data(),
            out.data(), c.heads, D, splits);
   }
@@ -311,7 +329,9 @@ void check_attention(const AttnCase& c, Rng& rng) {
   }
   const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-2;
   const bool pass = worst <= tol;
-  check::record("attention " + std::string(fast ? "fast " : "") + check::dtype_name<T>() + " " + c.name + " (" +
+  const bool merged_fast = splits > 1 && fast_merge;
+  check::record("attention " + std::string(fast ? "fast " : "") + std::string(merged_fast ? "+ fast reduce " : "") +
+                    check::dtype_name<T>() + " " + c.name + " (" +
                     std::to_string(splits) + " x " + std::to_string(c.partition) + ")",
                 worst, tol, pass, pass ? "" : "worst at " + where);
 }
