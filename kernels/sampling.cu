@@ -23,6 +23,7 @@ struct SampleShared {
   float mass_above;
   uint32_t best_index;
   uint32_t last_mass_thread;
+  uint32_t draw_thread;
 };
 
 // Radix selection of the k-th largest key (1-based k) among all entries.
@@ -191,12 +192,16 @@ extern "C" __global__ void __launch_bounds__(RMR1_SAMPLE_THREADS) rmr1_sample_ro
     const float l = row[i];
     if (order_key(l) >= floor_key) mass += expf((l - max_logit) * inv_t);
   }
-  // The last thread with mass must take any r at or past its scanned end. It used to recognise itself
-  // by `before + mass >= total`, but the scan adds in a tree order, so the scanned values of the last
-  // thread with mass and of the block's last thread (`total`) can differ by an ulp with only zeros in
-  // between: an r in that ulp (u within ~1e-7 of 1) matched no thread and the token fell back to the
-  // argmax instead of the last kept token (found by tests/kernel_emulation). Now it is found exactly.
-  if (threadIdx.x == 0) sh.last_mass_thread = 0;  // ordered before the atomicMax by the scan's barriers
+  // The draw belongs to the first thread with mass whose scanned end passes r, or to the last thread
+  // with mass when none does. The scan adds in a tree order, so neighbouring scanned values can differ
+  // by an ulp even with only zero-mass threads between them: a test of the form `before <= r < end` per
+  // thread then leaves an r in such an ulp (u within ~1e-7 of 1) to no thread, and the token fell back
+  // to the argmax (found twice by tests/kernel_emulation: first for the last thread with mass, then for
+  // any thread followed by masked ones). Choosing the first qualifying thread by atomicMin leaves no gap.
+  if (threadIdx.x == 0) {
+    sh.last_mass_thread = 0;  // ordered before the atomics by the scan's barriers
+    sh.draw_thread = 0xffffffffu;
+  }
   block_inclusive_scan(mass, sh);
   const float total = sh.chunk_incl[blockDim.x - 1];
   const float r = uniform[s] * total;
@@ -205,20 +210,28 @@ extern "C" __global__ void __launch_bounds__(RMR1_SAMPLE_THREADS) rmr1_sample_ro
   if (mass > 0.0f) atomicMax(&sh.last_mass_thread, (uint32_t)threadIdx.x);
   __syncthreads();
   const bool last_with_mass = threadIdx.x == sh.last_mass_thread;
-  if (mass > 0.0f && before <= r && (r < sh.chunk_incl[threadIdx.x] || last_with_mass)) {
+  if (mass > 0.0f && (r < sh.chunk_incl[threadIdx.x] || last_with_mass)) {
+    atomicMin(&sh.draw_thread, (uint32_t)threadIdx.x);
+  }
+  __syncthreads();
+  if (threadIdx.x == sh.draw_thread) {
+    // `before` may exceed r by an ulp (see above): then r falls at this chunk's first kept token.
     float acc = before;
     uint32_t chosen = 0xffffffffu, last_kept = lo;
     for (uint32_t i = lo; i < hi; ++i) {
       const float l = row[i];
       if (order_key(l) < floor_key) continue;
+      // A token of zero weight (-inf, or underflowed) can never be drawn, not even at a chunk's edge.
+      const float w = expf((l - max_logit) * inv_t);
+      if (w == 0.0f) continue;
       last_kept = i;
-      acc += expf((l - max_logit) * inv_t);
+      acc += w;
       if (r < acc) {
         chosen = i;
         break;
       }
     }
-    atomicMin(&sh.best_index, chosen == 0xffffffffu ? last_kept : chosen);
+    sh.best_index = chosen == 0xffffffffu ? last_kept : chosen;
   }
   __syncthreads();
   if (threadIdx.x == 0) out_token[s] = sh.best_index == 0xffffffffu ? argmax : sh.best_index;

@@ -73,10 +73,13 @@ pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f32) -> u
     let mut acc = 0.0f32;
     let mut last_kept = argmax(logits);
     for (i, &l) in logits.iter().enumerate() {
-        if l < floor {
+        // A token of zero weight (-inf, or underflowed) is never drawn, even when rounding lets r
+        // run past the last kept token's end.
+        let w = weight(l);
+        if l < floor || w == 0.0 {
             continue;
         }
-        acc += weight(l);
+        acc += w;
         last_kept = i as u32;
         if r < acc {
             return i as u32;
@@ -172,6 +175,19 @@ mod tests {
         let seen: std::collections::HashSet<u32> =
             (0..400).map(|_| sample(&peaked, &p9, &mut rng)).collect();
         assert_eq!(seen, [10, 20].into_iter().collect());
+    }
+
+    #[test]
+    fn a_draw_past_the_mass_takes_the_last_token_with_weight_never_a_masked_one() {
+        let t1 = SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        };
+        // u = 1 stands for the rounding that lets u * total reach the total (found in the device
+        // sampler's emulation): the walk runs past the end and must not land on the -inf tail.
+        let masked = [0.5f32, 1.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        assert_eq!(sample_with_uniform(&masked, &t1, 1.0), 1);
+        assert_eq!(sample_with_uniform(&masked, &t1, 0.0), 0);
     }
 
     #[test]

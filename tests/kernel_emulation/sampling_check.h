@@ -69,7 +69,8 @@ inline SampleWant reference_sample(const float* row, uint32_t vocab, float t, ui
   const double draw = std::max(0.0, double(u) * total + draw_shift * total);
   double acc = 0.0;
   for (uint32_t i = 0; i < vocab; ++i) {
-    if (row[i] < r.floor) continue;
+    // A token of zero weight (-inf) is never drawn, even when the draw runs past the end.
+    if (row[i] < r.floor || weight(row[i]) == 0.0) continue;
     acc += weight(row[i]);
     r.token = i;  // if the draw runs past the end, the last kept token
     if (draw < acc) break;
@@ -82,7 +83,8 @@ inline SampleWant reference_sample(const float* row, uint32_t vocab, float t, ui
 inline bool within_rounding(const float* row, uint32_t vocab, float t, uint32_t k, float p, float u,
                             uint32_t token) {
   const double eps = 1e-5;
-  if (token >= vocab) return false;
+  // Rounding can move a draw across a boundary, never onto a token of zero probability.
+  if (token >= vocab || row[token] == -INFINITY) return false;
   for (double scale : {1.0 - eps, 1.0, 1.0 + eps}) {
     const SampleWant lo = reference_sample(row, vocab, t, k, p, u, scale, -eps);
     const SampleWant hi = reference_sample(row, vocab, t, k, p, u, scale, eps);
