@@ -14,9 +14,10 @@ MLP widths, 3 layers and the real 151,936-token vocabulary) as bf16 safetensors,
     per-logit allowance (3x transformers' bf16-vs-f32 error over that position's leading logits);
   - a second wave of prompts sharing a long prefix with the first, which must be served from the
     prefix cache and still match.
-Helper modes for the shell script: `--sanitizer-row` turns a compute-sanitizer run into a table row,
-`--append-to` collects rows across shapes, `--print-table` prints them (table last) and sets the exit
-status.
+Helper modes for the shell script, each adding rows to the table file `--append-to` names:
+`--append-rows` copies a row file (the kernel checks' JSON), or one failed row if the file is missing;
+`--sanitizer-row` turns a compute-sanitizer run into a row; `--failed-row` records a phase that timed out
+or crashed. `--print-table` prints the table (last) and sets the exit status.
 """
 import argparse
 import json
@@ -150,12 +151,12 @@ def main():
     ap.add_argument("--bin")
     ap.add_argument("--work")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
-    ap.add_argument("--kernels-json")
-    ap.add_argument("--extra-rows", help="rows (JSON list) to put after the kernel rows")
     ap.add_argument("--append-to", help="add this run's rows to a table file instead of printing")
     ap.add_argument("--print-table", help="print a table file; exit 1 if any row failed")
+    ap.add_argument("--append-rows", nargs=3, metavar=("ROWS_JSON", "CHECK", "DETAIL"),
+                    help="add a file's rows; if it is missing, one failed row CHECK with DETAIL")
     ap.add_argument("--sanitizer-row", nargs=2, metavar=("LOG", "EXIT"))
-    ap.add_argument("--out-row")
+    ap.add_argument("--failed-row", nargs=2, metavar=("CHECK", "DETAIL"))
     ap.add_argument("--seed", type=int, default=int(time.time()))
     args = ap.parse_args()
     if args.print_table:
@@ -164,9 +165,21 @@ def main():
             return 1
         with open(args.print_table) as f:
             return print_rows(json.load(f))
-    if args.sanitizer_row:
-        with open(args.out_row, "w") as f:
-            json.dump([sanitizer_row(args.sanitizer_row[0], int(args.sanitizer_row[1]))], f)
+    if args.append_rows or args.sanitizer_row or args.failed_row:
+        if not args.append_to:
+            ap.error("the row modes need --append-to")
+        if args.append_rows:
+            path, check, detail = args.append_rows
+            if os.path.exists(path):
+                with open(path) as f:
+                    rows = json.load(f)
+            else:
+                rows = [row(check, float("nan"), 0, False, f"{detail}; no results file")]
+        elif args.sanitizer_row:
+            rows = [sanitizer_row(args.sanitizer_row[0], int(args.sanitizer_row[1]))]
+        else:
+            rows = [row(args.failed_row[0], float("nan"), 0, False, args.failed_row[1])]
+        append_rows(args.append_to, rows)
         return 0
     if not args.bin or not args.work:
         ap.error("--bin and --work are required for a model check")
@@ -261,28 +274,24 @@ def main():
 
 
 def finish(args, results):
-    table = []
-    if args.kernels_json:
-        if os.path.exists(args.kernels_json):
-            with open(args.kernels_json) as f:
-                table = json.load(f)
-        else:
-            table = [row("kernels: rmr1 gpu-check kernels ran", float("nan"), 0, False, "no results file")]
-    if args.extra_rows and os.path.exists(args.extra_rows):
-        with open(args.extra_rows) as f:
-            table += json.load(f)
-    for r in table:  # serde writes NaN / infinity as null
-        r["max_error"] = float("nan") if r["max_error"] is None else float(r["max_error"])
-    table += results
     if args.append_to:
-        earlier = []
-        if os.path.exists(args.append_to):
-            with open(args.append_to) as f:
-                earlier = json.load(f)
-        with open(args.append_to, "w") as f:
-            json.dump(earlier + table, f, indent=1)
-        return 1 if any(not r["passed"] for r in table) else 0
-    return print_rows(table, args.work)
+        append_rows(args.append_to, results)
+        return 1 if any(not r["passed"] for r in results) else 0
+    return print_rows(results, args.work)
+
+
+def append_rows(table_path, rows):
+    """Adds rows to a table file, rewritten whole each time so a later kill leaves it valid."""
+    earlier = []
+    if os.path.exists(table_path):
+        with open(table_path) as f:
+            earlier = json.load(f)
+    for r in rows:  # serde writes NaN / infinity as null
+        r["max_error"] = float("nan") if r["max_error"] is None else float(r["max_error"])
+    tmp = table_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(earlier + rows, f, indent=1)
+    os.replace(tmp, table_path)
 
 
 def print_rows(table, work=None):

@@ -6,6 +6,7 @@ same prompt and generation lengths, EOS ignored). Prints one line per concurrenc
 """
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -38,7 +39,7 @@ def main():
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     ours = {}
-    if args.ours:
+    if args.ours and os.path.exists(args.ours):  # absent when our bench failed or ran out of time
         with open(args.ours) as f:
             ours = {row["concurrency"]: row for row in json.load(f)}
     print(f"transformers generate on {torch.cuda.get_device_name()}: prompt {args.prompt_tokens}, "

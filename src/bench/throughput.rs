@@ -319,6 +319,11 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             wall
         );
         levels.push(level);
+        // Rewritten after every level: a run stopped at a device call's time limit keeps the levels
+        // it finished.
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&levels)?)?;
+        }
         if let (Some((l0, u0)), Some((l1, u1))) = (before, own_kernel_counters()) {
             // Mostly decode steps: the c sequences generate together, one token each per step.
             let tokens = args.new_tokens as f64;
@@ -328,9 +333,6 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
                 (u1 - u0) as f64 / tokens
             );
         }
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&levels)?)?;
     }
     Ok(())
 }
