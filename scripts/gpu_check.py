@@ -277,7 +277,7 @@ def finish(args, results):
     if args.append_to:
         append_rows(args.append_to, results)
         return 1 if any(not r["passed"] for r in results) else 0
-    return print_rows(results, args.work)
+    return print_rows(results)
 
 
 def append_rows(table_path, rows):
@@ -294,14 +294,10 @@ def append_rows(table_path, rows):
     os.replace(tmp, table_path)
 
 
-def print_rows(table, work=None):
-    """Writes the rows where $OUT (and `work`) say, prints them as a table; 1 if any failed."""
+def print_rows(table):
+    """Prints the rows as a table (their file is the shell script's table.json); 1 if any failed."""
     for r in table:
         r["max_error"] = float("nan") if r["max_error"] is None else float(r["max_error"])
-    for folder in (work, os.environ.get("OUT")):
-        if folder:
-            with open(os.path.join(folder, "gpu_check_results.json"), "w") as f:
-                json.dump(table, f, indent=1)
     print()
     print(f"{'check':<52} {'max error':>11} {'tolerance':>10}  result  detail")
     for r in table:

@@ -65,13 +65,18 @@ pub struct CudaPagedAttention {
 const FAST_HEAD_DIMS: [usize; 2] = [64, 128];
 const FAST_GROUPS: [usize; 7] = [1, 2, 4, 5, 6, 7, 8];
 
+/// The cache dtypes with specialised kernels, by kernel-name suffix.
+fn fast_suffix(dtype: DType) -> Option<&'static str> {
+    match dtype {
+        DType::BF16 => Some("bf16"),
+        DType::F16 => Some("f16"),
+        _ => None,
+    }
+}
+
 /// The specialised attention kernel's name for this cache, if there is one.
 fn fast_kernel(dtype: DType, head_dim: usize, groups: usize) -> Option<String> {
-    let sfx = match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => return None,
-    };
+    let sfx = fast_suffix(dtype)?;
     (FAST_HEAD_DIMS.contains(&head_dim) && FAST_GROUPS.contains(&groups))
         .then(|| format!("rmr1_paged_attention_fast_{sfx}_d{head_dim}_g{groups}"))
 }
@@ -79,11 +84,7 @@ fn fast_kernel(dtype: DType, head_dim: usize, groups: usize) -> Option<String> {
 /// The specialised reduce's name for this cache (`rmr1_paged_attention_reduce_fast_*`), whatever the
 /// group count: it only depends on the head size.
 fn fast_reduce_kernel(dtype: DType, head_dim: usize) -> Option<String> {
-    let sfx = match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => return None,
-    };
+    let sfx = fast_suffix(dtype)?;
     FAST_HEAD_DIMS
         .contains(&head_dim)
         .then(|| format!("rmr1_paged_attention_reduce_fast_{sfx}_d{head_dim}"))
@@ -319,13 +320,9 @@ impl CudaPagedAttention {
         })?;
         if step.num_splits > 1 {
             let fast_reduce = fast_reduce_kernel(self.dtype, d);
-            let reduce = cuda::function(
-                &self.dev,
-                PAGED_ATTENTION,
-                &fast_reduce
-                    .clone()
-                    .unwrap_or_else(|| format!("rmr1_paged_attention_reduce_{sfx}")),
-            )?;
+            let is_fast = fast_reduce.is_some();
+            let name = fast_reduce.unwrap_or_else(|| format!("rmr1_paged_attention_reduce_{sfx}"));
+            let reduce = cuda::function(&self.dev, PAGED_ATTENTION, &name)?;
             let mut b = reduce.builder();
             b.arg(&step.part_out)
                 .arg(&step.part_max)
@@ -334,12 +331,11 @@ impl CudaPagedAttention {
             let (h, dd, splits) = (heads as u32, d as u32, step.num_splits as u32);
             b.arg(&h);
             // The specialised reduce has the head size built in and one thread per element.
-            let threads = match fast_reduce {
-                Some(_) => d as u32,
-                None => {
-                    b.arg(&dd);
-                    THREADS
-                }
+            let threads = if is_fast {
+                d as u32
+            } else {
+                b.arg(&dd);
+                THREADS
             };
             b.arg(&splits);
             // Safety: the partial buffers were sized for this step in `prepare`; a specialised
